@@ -1,0 +1,333 @@
+"""The GPT language model: GPT-2 (as in nanoGPT / llm.c) and a LLaMA-style variant, in one file.
+
+arch="gpt2" (OpenAI GPT-2, following karpathy/nanoGPT model.py and karpathy/llm.c train_gpt2.py):
+  learned absolute position embeddings (wpe), pre-norm LayerNorm, GELU (tanh approximation, as GPT-2 and llm.c)
+  MLP with hidden 4d, causal self-attention through F.scaled_dot_product_attention, token embedding tied to the
+  lm_head, optional biases (default off), dropout.
+arch="llama" (the "llama" baseline of the LionMuon paper's code and of the EPFL llm-baselines repo):
+  no wpe; rotary position embeddings (RoPE, base 10000) on q and k; RMSNorm (eps 1e-5, weight only);
+  SwiGLU MLP with hidden = 8d/3 rounded up to a multiple of 256 (2048 at d=768); no biases; tied embeddings.
+
+Both archs use the same parameter names, so optimizers/routing.py can route by name (see docs/INTERFACES.md):
+  transformer.wte.weight                (V×d, also the lm_head: lm_head.weight is the same tensor)
+  transformer.wpe.weight                (T×d, gpt2 only)
+  transformer.h.{i}.ln_1.weight (.bias) transformer.h.{i}.attn.c_attn.weight (3d×d, fused q,k,v)
+  transformer.h.{i}.attn.c_proj.weight  transformer.h.{i}.ln_2.weight (.bias)
+  gpt2:  transformer.h.{i}.mlp.c_fc.weight (4d×d)     transformer.h.{i}.mlp.c_proj.weight (d×4d)
+  llama: transformer.h.{i}.mlp.w_gate.weight, .w_up.weight (hidden×d)   transformer.h.{i}.mlp.c_proj.weight (d×hidden)
+  transformer.ln_f.weight (.bias)
+(.bias entries exist only for arch="gpt2" with bias=True.)
+
+Initialization (GPT-2 paper §2.3 as implemented by nanoGPT/llm.c, used for both archs): every Linear and Embedding
+weight ~ N(0, 0.02); the residual-stream output projections (every `c_proj`) ~ N(0, 0.02/sqrt(2·n_layer));
+biases zero; norm weights one.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from errors import ConfigError
+
+ARCHS = ("gpt2", "llama")
+
+# Named sizes. block_size is the default context; configs usually set [model] block_size to the training sequence
+# length (the LionMuon paper trains at 512). "tiny" is a CPU smoke-test model: 4 layers, 4 heads, width 128,
+# context 256 (about 7.2M parameters, 6.4M of them the 50304×128 token embedding) so that a training step on a
+# 2-core CPU takes well under a second at a few thousand tokens.
+MODEL_SIZES: dict[str, dict] = {
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # GPT-2 small
+    "gpt2-355m": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),  # GPT-2 medium
+    "gpt2-720m": dict(n_layer=12, n_head=16, n_embd=2048, block_size=1024),  # the LionMuon/EPFL "720M" (wide, shallow)
+    "gpt2-774m": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),  # GPT-2 large
+}
+
+
+@dataclass
+class GPTConfig:
+    arch: str = "gpt2"  # "gpt2" or "llama"
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024  # maximum context length
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls (as nanoGPT)
+    bias: bool = False  # biases in Linears and LayerNorms (gpt2 only; OpenAI's GPT-2 had them)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ConfigError(f"unknown model arch {self.arch!r}. Use one of {', '.join(ARCHS)}")
+        for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"model.{key} must be a positive integer, got {value!r}. Fix [model] {key}")
+        if self.n_embd % self.n_head != 0:
+            raise ConfigError(f"model.n_embd={self.n_embd} is not divisible by n_head={self.n_head}. "
+                              "Pick n_embd a multiple of n_head")
+        if self.arch == "llama" and (self.n_embd // self.n_head) % 2 != 0:
+            raise ConfigError(f"RoPE needs an even head size, got n_embd/n_head={self.n_embd // self.n_head}. "
+                              "Change n_embd or n_head")
+        if self.arch == "llama" and self.bias:
+            raise ConfigError("arch='llama' has no biases. Set model.bias=false")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}. Fix [model] dropout")
+
+    @property
+    def mlp_hidden(self) -> int:
+        """Width of the MLP hidden layer: 4d for gpt2; for llama 8d/3 rounded up to a multiple of 256."""
+        if self.arch == "gpt2":
+            return 4 * self.n_embd
+        return 256 * math.ceil(8 * self.n_embd / 3 / 256)
+
+
+def model_config(arch: str = "gpt2", size: str = "tiny", **overrides) -> GPTConfig:
+    """GPTConfig for a named size; overrides replace single fields. Overrides equal to 0 or None are ignored
+    (the config file uses 0 for "take it from size")."""
+    if size not in MODEL_SIZES:
+        raise ConfigError(f"unknown model size {size!r}. Use one of {', '.join(MODEL_SIZES)}")
+    fields = set(GPTConfig.__dataclass_fields__) - {"arch"}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ConfigError(f"unknown model field(s) {', '.join(sorted(unknown))}. Valid: {', '.join(sorted(fields))}")
+    kwargs = dict(MODEL_SIZES[size])
+    # `is False` / `is 0.0` must still be applied (bias=False, dropout=0.0), so skip only None and int 0
+    kwargs.update({k: v for k, v in overrides.items()
+                   if v is not None and not (type(v) is int and v == 0)})
+    return GPTConfig(arch=arch, **kwargs)
+
+
+# -----------------------------------------------------------------------------
+# building blocks
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (torch's nn.LayerNorm cannot drop just the bias before torch 2.1)."""
+
+    def __init__(self, ndim: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019) as in LLaMA: x / sqrt(mean(x²) + eps) · weight, computed in fp32."""
+
+    def __init__(self, ndim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(ndim))
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def rope_cache(head_dim: int, max_len: int, base: float = 10000.0):
+    """cos and sin tables of shape (max_len, head_dim/2) for RoPE (Su et al. 2021), frequencies base^(-2i/head_dim)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate consecutive channel pairs (x[2i], x[2i+1]) of x (B, nh, T, hs) by position-dependent angles, as
+    Meta's LLaMA reference (view_as_complex). Computed in fp32, returned in x's dtype."""
+    xf = x.float().unflatten(-1, (-1, 2))  # (B, nh, T, hs/2, 2)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.use_rope = config.arch == "llama"
+        # q, k, v projections fused into one 3d×d matmul (GPT-2's c_attn)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        if self.use_rope:
+            cos, sin = rope_cache(config.n_embd // config.n_head, config.block_size)
+            # non-persistent: derived from the config, so they stay out of checkpoints
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.use_rope:
+            q = apply_rope(q, self.rope_cos[:T], self.rope_sin[:T])
+            k = apply_rope(k, self.rope_cos[:T], self.rope_sin[:T])
+        # flash attention when the backend has it; is_causal masks the future
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None,
+                                           dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """GPT-2: c_proj(gelu(c_fc(x))), hidden 4d."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class SwiGLU(nn.Module):
+    """LLaMA MLP (Shazeer 2020): c_proj(silu(w_gate(x)) * w_up(x)), hidden = config.mlp_hidden."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.w_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
+        self.w_up = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.silu(self.w_gate(x)) * self.w_up(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        llama = config.arch == "llama"
+        self.ln_1 = RMSNorm(config.n_embd) if llama else LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = RMSNorm(config.n_embd) if llama else LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = SwiGLU(config) if llama else MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+# -----------------------------------------------------------------------------
+# the model
+
+class GPT(nn.Module):
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        llama = config.arch == "llama"
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if not llama:
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=RMSNorm(config.n_embd) if llama else LayerNorm(config.n_embd, bias=config.bias),
+        )
+        self.transformer = nn.ModuleDict(modules)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying (Press & Wolf 2017, as GPT-2): one V×d tensor is both the input embedding and the output
+        # projection. Registered under transformer.wte first, so named_parameters() lists only that name.
+        self.transformer.wte.weight = self.lm_head.weight
+
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the projections that write into the residual stream by 1/sqrt(2·n_layer)
+        # (two residual additions per layer), keeping the residual variance roughly constant with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def param_counts(self) -> dict:
+        """Parameter counts (tied wte/lm_head counted once):
+        total: every parameter.
+        non_embedding: total − wpe, exactly nanoGPT's get_num_params(non_embedding=True). wte stays in because it
+            is also the lm_head matmul; this is the N of the 6·N FLOPs estimate (flops.py).
+        without_embeddings: total − wte − wpe (Kaplan et al. 2020's N: transformer blocks and final norm only).
+        embeddings: wte + wpe (wpe is 0 for llama).
+        """
+        total = sum(p.numel() for p in self.parameters())
+        wte = self.transformer.wte.weight.numel()
+        wpe = self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0
+        return dict(total=total, non_embedding=total - wpe, without_embeddings=total - wte - wpe,
+                    embeddings=wte + wpe)
+
+    def forward(self, idx, targets=None):
+        """idx, targets: (B, T) int64 token ids, T <= block_size. Returns (logits, loss):
+        with targets, logits (B, T, vocab_size) and loss = mean cross-entropy over all positions, computed in fp32
+        (positions whose target is -1 are ignored, as nanoGPT); without targets, logits (B, 1, vocab_size) for the
+        last position only (what generation needs) and loss None."""
+        B, T = idx.size()
+        if T > self.config.block_size:
+            raise ConfigError(f"sequence length {T} exceeds the model's block_size {self.config.block_size}. "
+                              "Use shorter inputs or a larger model.block_size")
+        x = self.transformer.wte(idx)
+        if "wpe" in self.transformer:
+            pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        else:
+            # list index [-1] keeps the time dimension
+            logits = self.lm_head(x[:, [-1], :])
+            loss = None
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None, valid_vocab: int | None = None):
+        """Append max_new_tokens sampled tokens to idx (B, T) and return the (B, T + max_new_tokens) tensor.
+        The context is cropped to the last block_size tokens. temperature 0 means greedy (argmax); top_k keeps the k
+        most likely tokens; valid_vocab masks the padded ids >= valid_vocab (50257 for GPT-2) so they are never
+        sampled. Sampling draws only from `generator`, so a seeded torch.Generator gives the same tokens every time.
+        Call model.eval() first if dropout > 0."""
+        if temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {temperature}. Use 0 for greedy or e.g. 0.8")
+        if top_k is not None and top_k < 1:
+            raise ConfigError(f"top_k must be >= 1 or unset, got {top_k}. Use e.g. 200 or leave it unset")
+        for _ in range(max_new_tokens):
+            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :].float()
+            if valid_vocab is not None:
+                logits[:, valid_vocab:] = -float("inf")
+            if temperature == 0:
+                idx_next = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                probs = F.softmax(logits, dim=-1)
+                idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
