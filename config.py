@@ -1,0 +1,308 @@
+"""Run configuration: TOML files mapped onto typed dataclasses, plus `--section.key=value` overrides.
+
+A config is data, never code: it is parsed with `tomllib` and every key is checked against the dataclass
+fields below (name and type). Sections: model, data, optimizer, schedule, train, logging, checkpoint.
+The optimizer section's fields live next to the optimizers (`optimizers.OptimizerConfig`), so adding an
+optimizer hyperparameter needs no change here.
+
+    cfg = load_config("configs/tiny_cpu.toml", ["--optimizer.name=lion", "--train.max_steps=100"])
+
+Every problem (bad TOML, unknown section/key, wrong type, out-of-range value) raises `ConfigError` with one
+line naming the key, the value and what would be valid.
+"""
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+
+from errors import ConfigError
+from optimizers import OptimizerConfig
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "tiny_cpu.toml")
+
+
+@dataclass
+class ModelSection:
+    arch: str = "gpt2"  # "gpt2" (LayerNorm, GELU, learned positions) | "llama" (RMSNorm, SwiGLU, RoPE)
+    size: str = "tiny"  # a name from model.MODEL_SIZES
+    n_layer: int = 0  # 0 = take it from `size`
+    n_head: int = 0
+    n_embd: int = 0
+    block_size: int = 0  # context length = training sequence length; 0 = the size's default
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64
+    bias: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class DataSection:
+    dir: str = "data/shakespeare"  # a directory written by `python -m data.prepare`
+    val_tokens: int = 65536  # the fixed validation set: the first val_tokens tokens of the val split
+
+
+@dataclass
+class ScheduleSection:
+    kind: str = "cosine"  # "cosine" | "wsd" (warmup-stable-decay) | "constant"
+    warmup_steps: int = 0
+    warmup_start_factor: float = 0.01  # lr factor at step 0 (torch LinearLR semantics, as the LionMuon runs)
+    min_lr_ratio: float = 0.1  # final lr / peak lr (cosine and wsd)
+    decay_fraction: float = 0.2  # wsd: the last fraction of steps decays linearly to min_lr_ratio
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 200
+    batch_tokens: int = 8192  # global batch in tokens, independent of the number of processes
+    micro_batch: int = 8  # sequences per forward/backward per process; 0 = the whole per-process share (no accumulation)
+    seed: int = 1337
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    dtype: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU) | "float32" | "bfloat16"
+    compile: bool = False
+    grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
+    eval_interval: int = 50
+    log_interval: int = 10
+    nonfinite: str = "stop"  # what to do on a non-finite loss/gradient: "stop" | "skip" the step
+    stop_after: int = 0  # checkpoint and exit after this many steps in this invocation (job time slots); 0 = never
+
+
+@dataclass
+class LoggingSection:
+    run_dir: str = "out/tiny_cpu"  # checkpoints, config.toml, metrics.jsonl, final.json
+    wandb: str = "disabled"  # "disabled" | "offline" | "online"
+    wandb_project: str = "nanoptim"
+    run_name: str = ""  # "" = the run directory's name
+    group: str = ""
+
+
+@dataclass
+class CheckpointSection:
+    interval: int = 100  # steps between checkpoints; 0 = only at the end
+    keep_last: int = 2
+    resume: str = "auto"  # "auto": continue from the run dir's last good checkpoint | "never": refuse a used run dir
+    allow_config_change: bool = False  # resume a run dir whose saved config differs in a key that matters
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+
+
+CHOICES = {
+    "model.arch": ("gpt2", "llama"),
+    "schedule.kind": ("cosine", "wsd", "constant"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.dtype": ("auto", "float32", "bfloat16"),
+    "train.nonfinite": ("stop", "skip"),
+    "logging.wandb": ("disabled", "offline", "online"),
+    "checkpoint.resume": ("auto", "never"),
+}
+
+# Keys that may change when a run directory is resumed (they do not change what is being trained).
+RESUMABLE_CHANGES = ("logging.", "checkpoint.", "train.log_interval", "train.eval_interval", "train.compile",
+                     "train.micro_batch", "train.stop_after")
+
+
+# ----------------------------------------------------------------------------- typing helpers
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value, tp):
+    """Return `value` as type `tp` (int, float, str, bool, list[X], X | None) or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() == "none" and type(None) in args):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} = {value!r} must be a list of {_type_name(item)}, e.g. [0.9, 0.99]")
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and math.isfinite(value):
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"config field {key} has unsupported type {tp}")
+    raise ConfigError(f"{key} = {value!r} has the wrong type: expected {_type_name(tp)}")
+
+
+def _section_fields(section_cls) -> dict:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def _unknown(what: str, name: str, valid) -> ConfigError:
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown {what} {name!r}{hint}; valid: {', '.join(valid)}")
+
+
+def _set(cfg: RunConfig, dotted: str, value) -> None:
+    if "." not in dotted:
+        raise ConfigError(f"override {dotted!r} must look like --section.key=value (sections: "
+                          f"{', '.join(f.name for f in dataclasses.fields(RunConfig))})")
+    section_name, key = dotted.split(".", 1)
+    sections = [f.name for f in dataclasses.fields(RunConfig)]
+    if section_name not in sections:
+        raise _unknown("config section", section_name, sections)
+    section = getattr(cfg, section_name)
+    fields = _section_fields(type(section))
+    if key not in fields:
+        raise _unknown(f"key in [{section_name}]", key, list(fields))
+    setattr(section, key, _coerce(dotted, value, fields[key]))
+
+
+def _parse_override_value(text: str):
+    """A command-line value is read as a TOML value (1e-3, true, [0.9, 0.99], "x"); a bare word is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> RunConfig:
+    """Read a TOML config (None = configs/tiny_cpu.toml), apply `--section.key=value` overrides, validate."""
+    path = path or DEFAULT_CONFIG
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist; pass a path like configs/tiny_cpu.toml")
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML ({e}); fix the syntax at that line") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file; pass a TOML config") from None
+    cfg = RunConfig()
+    for section_name, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: top-level key {section_name!r} must be a [section] table; "
+                              f"sections: {', '.join(f.name for f in dataclasses.fields(RunConfig))}")
+        for key, value in table.items():
+            if isinstance(value, dict):
+                raise ConfigError(f"{path}: [{section_name}.{key}] nests too deep; use keys directly under [{section_name}]")
+            _set(cfg, f"{section_name}.{key}", value)
+    for item in overrides:
+        if not item.startswith("--") or "=" not in item:
+            raise ConfigError(f"cannot read override {item!r}; write it as --section.key=value")
+        dotted, text = item[2:].split("=", 1)
+        _set(cfg, dotted, _parse_override_value(text))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Range and choice checks that need no knowledge of the machine (world size is checked in train.py)."""
+    for dotted, choices in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise ConfigError(f"{dotted} = {value!r} is not valid; choose one of: {', '.join(choices)}")
+    from model import MODEL_SIZES  # local import: model.py pulls in torch.nn, config errors should not need it
+
+    if cfg.model.size not in MODEL_SIZES:
+        raise ConfigError(f"model.size = {cfg.model.size!r} is not valid; choose one of: {', '.join(MODEL_SIZES)}")
+
+    def positive(dotted, allow_zero=False):
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"{dotted} = {value} must be {'>= 0' if allow_zero else '> 0'}")
+
+    for dotted in ("train.max_steps", "train.batch_tokens", "train.log_interval",
+                   "train.eval_interval", "data.val_tokens", "model.vocab_size", "checkpoint.keep_last"):
+        positive(dotted)
+    for dotted in ("model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "train.grad_clip", "train.micro_batch",
+                   "schedule.warmup_steps", "checkpoint.interval", "train.seed", "train.stop_after"):
+        positive(dotted, allow_zero=True)
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout = {cfg.model.dropout} must be in [0, 1)")
+    s = cfg.schedule
+    if s.warmup_steps >= cfg.train.max_steps and s.warmup_steps > 0:
+        raise ConfigError(f"schedule.warmup_steps = {s.warmup_steps} must be < train.max_steps = {cfg.train.max_steps}")
+    for key in ("warmup_start_factor", "min_lr_ratio", "decay_fraction"):
+        value = getattr(s, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"schedule.{key} = {value} must be in [0, 1]")
+    cfg.optimizer.validate()
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> RunConfig:
+    """Rebuild a RunConfig from `to_dict` output (as stored in checkpoints), checking keys and types."""
+    cfg = RunConfig()
+    for section_name, table in d.items():
+        for key, value in table.items():
+            _set(cfg, f"{section_name}.{key}", value)
+    return cfg
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return ("inf" if v > 0 else "-inf") if math.isinf(v) else ("nan" if math.isnan(v) else repr(v))
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """The resolved config as TOML (keys whose value is None, i.e. 'use the default', are left out)."""
+    lines = []
+    for section_name, table in to_dict(cfg).items():
+        lines.append(f"[{section_name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def differences(a: RunConfig, b: RunConfig, ignore=RESUMABLE_CHANGES) -> list[str]:
+    """Keys whose values differ between two configs ("section.key: a -> b"), skipping keys in `ignore`."""
+    out = []
+    da, db = to_dict(a), to_dict(b)
+    for section in da:
+        for key in da[section]:
+            dotted = f"{section}.{key}"
+            if any(dotted.startswith(p) for p in ignore):
+                continue
+            if da[section][key] != db[section].get(key):
+                out.append(f"{dotted}: {da[section][key]!r} -> {db[section].get(key)!r}")
+    return out

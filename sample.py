@@ -1,0 +1,80 @@
+"""Sample text from a trained checkpoint.
+
+    python sample.py --ckpt out/tiny_cpu --prompt "ROMEO:" --num_samples 2 --max_new_tokens 100 --seed 1
+
+--ckpt takes a run directory (its newest checkpoint) or a ckpt_*.pt file. The output is a deterministic
+function of the checkpoint, the arguments and --seed (sampling uses its own torch.Generator).
+"""
+
+import argparse
+import sys
+
+import torch
+
+import checkpoint as ckpt
+from data.tokenizer import get_gpt2_encoding
+from errors import CheckpointError, ConfigError, main_guard
+from model import GPT, GPTConfig
+
+EOT = 50256  # GPT-2's <|endoftext|>: the prompt when none is given
+
+
+def load_model(path: str, device: str) -> tuple[GPT, dict]:
+    state = ckpt.load_checkpoint(ckpt.resolve_checkpoint(path))
+    if "model_config" not in state:
+        raise CheckpointError(f"{path} has no model_config entry; it was not written by train.py")
+    try:
+        mcfg = GPTConfig(**state["model_config"])
+        model = GPT(mcfg)
+        model.load_state_dict(state["model"])
+    except (TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path} does not match this version's model ({str(e).splitlines()[0][:160]}); "
+                              f"sample with the nanoptim version that trained it") from None
+    return model.to(device).eval(), state
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Sample text from a nanoptim checkpoint.")
+    p.add_argument("--ckpt", required=True, help="run directory or ckpt_*.pt file")
+    p.add_argument("--prompt", default=None, help="text to continue (default: start of a document)")
+    p.add_argument("--num_samples", type=int, default=1)
+    p.add_argument("--max_new_tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top_k", type=int, default=200, help="0 = no top-k filtering")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    args = p.parse_args(argv)
+    if args.num_samples < 1 or args.max_new_tokens < 1:
+        raise ConfigError("--num_samples and --max_new_tokens must be >= 1")
+    if args.temperature <= 0:
+        raise ConfigError(f"--temperature {args.temperature} must be > 0 (use a small value like 0.1 for near-greedy)")
+    if args.top_k < 0:
+        raise ConfigError(f"--top_k {args.top_k} must be >= 0 (0 disables top-k filtering)")
+
+    model, _ = load_model(args.ckpt, args.device)
+    enc = get_gpt2_encoding()
+    if args.prompt is None:
+        ids = [EOT]
+    else:
+        if not args.prompt.strip():
+            raise ConfigError("--prompt is empty; pass some text, or omit --prompt to start a new document")
+        ids = enc.encode(args.prompt, allowed_special={"<|endoftext|>"})
+        if len(ids) >= model.config.block_size:
+            raise ConfigError(f"--prompt is {len(ids)} tokens, but the model's context is {model.config.block_size}; "
+                              f"shorten the prompt")
+    idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=args.device)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    out = model.generate(idx, args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k or None, generator=gen, valid_vocab=enc.n_vocab)
+    texts = []
+    for row in out.tolist():
+        text = enc.decode(row)
+        texts.append(text)
+        print(text)
+        print("---------------")
+    return texts
+
+
+if __name__ == "__main__":
+    main_guard(main)
+    sys.exit(0)

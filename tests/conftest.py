@@ -1,0 +1,57 @@
+"""Shared fixtures: a small real-text token dataset and a helper that runs train.py in-process or as a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+sys.path.insert(0, ROOT)
+
+# A model small enough that a CPU step takes a few tens of milliseconds.
+TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=64", "--model.block_size=64"]
+
+
+@pytest.fixture(scope="session")
+def text_data_dir(tmp_path_factory):
+    """Shards of real English (tinyshakespeare from ../shared/data, GPT-2 tokens): 120k train, 8k val tokens."""
+    from data.shards import write_shard
+    from data.tokenizer import get_gpt2_encoding
+
+    path = os.path.join(SHARED_DATA, "corpus", "tinyshakespeare.txt")
+    text = open(path, encoding="utf-8").read()[:600_000]
+    tokens = np.array(get_gpt2_encoding().encode_ordinary(text), dtype=np.uint16)
+    out = tmp_path_factory.mktemp("shakespeare_shards")
+    write_shard(str(out / "shakespeare_train_000000.bin"), tokens[:120_000])
+    write_shard(str(out / "shakespeare_val_000000.bin"), tokens[-8_000:])
+    return str(out)
+
+
+def train_args(data_dir, run_dir, *extra):
+    return ["configs/tiny_cpu.toml", *TINY, f"--data.dir={data_dir}", f"--logging.run_dir={run_dir}",
+            "--data.val_tokens=1024", "--train.batch_tokens=1024", "--train.micro_batch=4",
+            "--train.log_interval=1", "--train.eval_interval=4", *extra]
+
+
+def run_subprocess(args, env_extra=None, check=True, timeout=600):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.update(env_extra or {})
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def train_losses(run_dir):
+    """{step: loss} of the train records in run_dir/metrics.jsonl."""
+    out = {}
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("kind") == "train":
+                out[rec["step"]] = rec["loss"]
+    return out

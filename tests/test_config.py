@@ -1,0 +1,119 @@
+"""Config system: TOML → typed dataclasses, overrides, and one-line errors for bad input."""
+
+import glob
+import math
+import os
+
+import pytest
+
+from config import differences, load_config, to_toml
+from errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write(tmp_path, text, name="c.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_default_config_loads_and_has_expected_values():
+    cfg = load_config(None)
+    assert cfg.model.size == "tiny" and cfg.optimizer.name == "adamw"
+    assert cfg.data.dir == "data/shakespeare"
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.toml"))))
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.train.max_steps > 0
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["--optimizer.lr=2e-3", "--train.compile=true", "--optimizer.betas=[0.8, 0.99]",
+                             "--logging.run_dir=out/x", "--train.max_steps=7"])
+    assert cfg.optimizer.lr == 2e-3 and cfg.train.compile is True
+    assert cfg.optimizer.betas == [0.8, 0.99] and cfg.logging.run_dir == "out/x" and cfg.train.max_steps == 7
+    assert isinstance(cfg.train.max_steps, int)
+
+
+def test_int_is_accepted_for_float_but_not_the_reverse():
+    assert load_config(None, ["--optimizer.lr=1"]).optimizer.lr == 1.0
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        load_config(None, ["--train.max_steps=1.5"])
+
+
+@pytest.mark.parametrize("override, words", [
+    (["--optimizer.lrr=1e-3"], ["unknown key", "lrr", "did you mean 'lr'"]),
+    (["--optimiser.lr=1e-3"], ["unknown config section", "optimiser", "optimizer"]),
+    (["--train.max_steps=abc"], ["train.max_steps", "wrong type", "int"]),
+    (["--train.compile=3"], ["train.compile", "bool"]),
+    (["--optimizer.name=adamx"], ["adamx", "adamw"]),
+    (["--model.size=huge"], ["model.size", "gpt2-124m"]),
+    (["--model.arch=rwkv"], ["model.arch", "llama"]),
+    (["--schedule.kind=linear"], ["schedule.kind", "cosine"]),
+    (["--train.max_steps=0"], ["train.max_steps", "> 0"]),
+    (["--train.batch_tokens=-5"], ["train.batch_tokens"]),
+    (["--schedule.warmup_steps=1000", "--train.max_steps=10"], ["warmup_steps", "max_steps"]),
+    (["--schedule.min_lr_ratio=2"], ["min_lr_ratio", "[0, 1]"]),
+    (["--train.nonfinite=ignore"], ["train.nonfinite", "skip"]),
+    (["--logging.wandb=yes"], ["logging.wandb", "offline"]),
+    (["maxsteps=3"], ["--section.key=value"]),
+    (["--max_steps=3"], ["--section.key=value"]),
+])
+def test_bad_overrides_give_one_line_errors(override, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, override)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_malformed_toml(tmp_path):
+    path = write(tmp_path, "[train]\nmax_steps = = 3\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+
+
+def test_unknown_key_in_file(tmp_path):
+    path = write(tmp_path, "[train]\nmax_stpes = 3\n")
+    with pytest.raises(ConfigError, match="max_stpes.*did you mean 'max_steps'"):
+        load_config(path)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("no/such/config.toml")
+
+
+def test_config_is_never_executed(tmp_path):
+    # A TOML string that looks like code stays a string; nothing is evaluated.
+    marker = tmp_path / "pwned"
+    path = write(tmp_path, f'[logging]\nrun_name = "__import__(\'os\').system(\'touch {marker}\')"\n')
+    cfg = load_config(path)
+    assert cfg.logging.run_name.startswith("__import__") and not marker.exists()
+
+
+def test_to_toml_round_trip(tmp_path):
+    cfg = load_config(None, ["--optimizer.lr=1.5e-3", "--logging.run_name=abc \"quoted\""])
+    path = write(tmp_path, to_toml(cfg))
+    again = load_config(path)
+    assert differences(cfg, again, ignore=()) == []
+    assert again.logging.run_name == 'abc "quoted"'
+
+
+def test_inf_round_trips_through_toml(tmp_path):
+    path = write(tmp_path, "[schedule]\nmin_lr_ratio = 0.0\n[train]\ngrad_clip = inf\n")
+    cfg = load_config(path)
+    assert math.isinf(cfg.train.grad_clip)
+    assert math.isinf(load_config(write(tmp_path, to_toml(cfg), "d.toml")).train.grad_clip)
+
+
+def test_differences_ignores_resumable_keys():
+    a = load_config(None)
+    b = load_config(None, ["--logging.wandb=offline", "--train.eval_interval=7"])
+    assert differences(a, b) == []
+    c = load_config(None, ["--optimizer.lr=1e-4"])
+    assert differences(a, c) == ["optimizer.lr: 0.003 -> 0.0001"]

@@ -1,0 +1,325 @@
+"""Train a GPT-2 (or LLaMA-style) model on token shards, on one process or many (DDP via torchrun).
+
+    python train.py configs/tiny_cpu.toml --optimizer.name=lion           # one process (CPU or one GPU)
+    torchrun --standalone --nproc_per_node=8 train.py configs/gpt2_124m_adamw.toml
+    bash run.sh configs/gpt2_124m_adamw.toml                               # picks the number of GPUs for you
+
+What one step does: the global batch (train.batch_tokens, independent of the number of processes) is split
+into micro-batches; each process runs forward/backward on its share with gradient accumulation (DDP syncs
+gradients only on the last micro-step), then the gradient norm is clipped, the learning rate schedule sets
+every param group's lr, and the optimizer steps. The batch of a (seed, step, micro-step, rank) is a pure
+function of those numbers (data/loader.py), so a resumed run sees exactly the data it would have seen.
+
+The run directory holds config.toml (the resolved config), metrics.jsonl, checkpoints and, at the end,
+final.json. Rerunning the same command continues from the last good checkpoint, bit-exactly on CPU.
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import checkpoint as ckpt
+from config import differences, load_config, to_dict, to_toml
+from data.loader import TokenDataset, train_batch, val_batches
+from errors import CheckpointError, ConfigError, NanoptimError, main_guard
+from flops import FlopsCounter, model_flops_per_token, peak_flops
+from metrics import MetricsLogger
+from model import GPT, model_config
+from optimizers import build_optimizer
+
+
+class NonFiniteError(NanoptimError):
+    """The loss or gradient became inf/NaN and train.nonfinite = "stop"."""
+
+
+def lr_factor(step: int, s, max_steps: int) -> float:
+    """The schedule's multiplier of every group's base lr at `step` (0-based).
+
+    warmup (torch LinearLR semantics): start + (1 - start)·step/warmup for step < warmup;
+    cosine: min + (1 - min)·½(1 + cos(π·progress)); wsd: 1 until the last decay_fraction of steps, then linear
+    to min; constant: 1. progress runs from 0 right after warmup to 1 at max_steps.
+    """
+    if step < s.warmup_steps:
+        return s.warmup_start_factor + (1.0 - s.warmup_start_factor) * step / s.warmup_steps
+    if s.kind == "constant":
+        return 1.0
+    if s.kind == "cosine":
+        progress = (step - s.warmup_steps) / max(1, max_steps - s.warmup_steps)
+        return s.min_lr_ratio + (1.0 - s.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    decay_steps = max(1, round(s.decay_fraction * max_steps))  # wsd
+    decay_start = max_steps - decay_steps
+    if step < decay_start:
+        return 1.0
+    return 1.0 - (1.0 - s.min_lr_ratio) * min(1.0, (step - decay_start + 1) / decay_steps)
+
+
+def setup_distributed(device_choice: str):
+    """(ddp, rank, local_rank, world_size, device). torchrun sets RANK/LOCAL_RANK/WORLD_SIZE."""
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    use_cuda = torch.cuda.is_available() if device_choice == "auto" else device_choice == "cuda"
+    if device_choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device = 'cuda' but no CUDA GPU is visible; use --train.device=cpu or auto")
+    if not ddp:
+        return False, 0, 0, 1, torch.device("cuda" if use_cuda else "cpu")
+    rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+    return True, rank, local_rank, world_size, device
+
+
+def check_run_dir(run_dir: str, cfg, log) -> None:
+    """Refuse to mix two different runs in one directory (unless checkpoint.allow_config_change)."""
+    saved = os.path.join(run_dir, "config.toml")
+    if not os.path.exists(saved):
+        return
+    try:
+        old = load_config(saved)
+    except ConfigError as e:
+        raise ConfigError(f"{run_dir} holds a config.toml that no longer loads ({e}); use another logging.run_dir") from None
+    changed = differences(old, cfg)
+    if not changed:
+        return
+    if cfg.checkpoint.allow_config_change:
+        log(f"note: resuming {run_dir} with a changed config: {'; '.join(changed)}")
+        return
+    raise ConfigError(f"{run_dir} holds a different run ({'; '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}); "
+                      f"use another --logging.run_dir, or pass --checkpoint.allow_config_change=true to continue it")
+
+
+def train(cfg, log=print) -> dict:
+    ddp, rank, local_rank, world_size, device = setup_distributed(cfg.train.device)
+    master = rank == 0
+    if not master:
+        log = lambda *a, **k: None  # noqa: E731 - only rank 0 talks
+    try:
+        return _train(cfg, ddp, rank, world_size, device, master, log)
+    finally:
+        if ddp:
+            dist.destroy_process_group()
+
+
+def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
+    t_start = time.time()
+    device_type = device.type
+    mcfg = model_config(cfg.model.arch, cfg.model.size, n_layer=cfg.model.n_layer, n_head=cfg.model.n_head,
+                        n_embd=cfg.model.n_embd, block_size=cfg.model.block_size, vocab_size=cfg.model.vocab_size,
+                        bias=cfg.model.bias, dropout=cfg.model.dropout)
+    seq_len = mcfg.block_size
+
+    # Global batch → micro-batches. The global batch is fixed by the config, whatever the world size.
+    tc = cfg.train
+    if tc.batch_tokens % seq_len:
+        raise ConfigError(f"train.batch_tokens = {tc.batch_tokens} is not a multiple of the sequence length "
+                          f"{seq_len}; use a multiple, e.g. {max(1, tc.batch_tokens // seq_len) * seq_len}")
+    global_seqs = tc.batch_tokens // seq_len
+    # micro_batch 0 = auto: each process takes its whole share at once (no gradient accumulation)
+    micro_batch = tc.micro_batch or max(1, global_seqs // world_size)
+    per_step = micro_batch * world_size
+    if global_seqs % per_step:
+        raise ConfigError(f"train.batch_tokens = {tc.batch_tokens} ({global_seqs} sequences of {seq_len}) is not "
+                          f"divisible by train.micro_batch × processes = {micro_batch} × {world_size}; change "
+                          f"micro_batch or batch_tokens")
+    accum = global_seqs // per_step
+
+    run_dir = cfg.logging.run_dir
+    if master:
+        os.makedirs(run_dir, exist_ok=True)
+        check_run_dir(run_dir, cfg, log)
+    train_ds = TokenDataset(cfg.data.dir, "train", seq_len, mcfg.vocab_size)
+    val_ds = TokenDataset(cfg.data.dir, "val", seq_len, mcfg.vocab_size)
+    val_set = val_batches(val_ds, cfg.data.val_tokens, micro_batch, rank, world_size)
+
+    # Precision: bf16 autocast on GPU (weights and optimizer stay fp32), plain fp32 on CPU.
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    dtype = tc.dtype if tc.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+    autocast = (torch.autocast(device_type=device_type, dtype=torch.bfloat16) if dtype == "bfloat16"
+                else contextlib.nullcontext())
+
+    torch.manual_seed(tc.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+    model = GPT(mcfg).to(device)
+    optimizer = build_optimizer(model, cfg.optimizer, device_type)
+    for group in optimizer.param_groups:
+        group.setdefault("base_lr", group["lr"])
+
+    counters = FlopsCounter(model_flops_per_token(mcfg))
+    elapsed_s = 0.0  # training compute time (evaluation and checkpointing excluded), summed over resumes
+    start_step, best_val, skipped = 0, float("inf"), 0
+    state = None
+    if os.path.isdir(run_dir) and ckpt.list_checkpoints(run_dir):
+        if cfg.checkpoint.resume == "never":
+            raise ConfigError(f"{run_dir} already holds checkpoints and checkpoint.resume = 'never'; "
+                              f"use another --logging.run_dir or --checkpoint.resume=auto")
+        state = ckpt.load_latest(run_dir, map_location="cpu", log=log)
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint in {run_dir} does not fit this model/optimizer "
+                                  f"({str(e).splitlines()[0][:160]}); use another --logging.run_dir") from None
+        start_step, best_val = state["step"], state["best_val_loss"]
+        counters.load_state_dict(state["counters"])
+        elapsed_s, skipped = state["elapsed_s"], state["skipped_steps"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if device_type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"][rank % len(state["rng"]["cuda"])])
+        log(f"resumed from step {start_step} in {run_dir}")
+    if master:
+        ckpt.atomic_write_bytes(os.path.join(run_dir, "config.toml"), lambda f: f.write(to_toml(cfg).encode()))
+
+    raw_model = model
+    if tc.compile:
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[device.index] if device_type == "cuda" else None)
+
+    logger = MetricsLogger(run_dir, to_dict(cfg), wandb_mode=cfg.logging.wandb, project=cfg.logging.wandb_project,
+                           run_name=cfg.logging.run_name or os.path.basename(os.path.normpath(run_dir)),
+                           group=cfg.logging.group, enabled=master,
+                           resume_step=start_step - 1 if state is not None else None)
+    flops_per_token = counters.model_flops_per_token
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
+    n_params = raw_model.param_counts()
+    log(f"model {cfg.model.arch}/{cfg.model.size}: {n_params['total'] / 1e6:.2f}M parameters | "
+        f"{world_size} process(es) × micro_batch {micro_batch} × accum {accum} × {seq_len} tokens = "
+        f"{tc.batch_tokens} tokens/step | optimizer {cfg.optimizer.name} | device {device} {dtype}")
+
+    def evaluate() -> float:
+        model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses × n, n)
+        with torch.no_grad():
+            for x, y in val_set:
+                x, y = x.to(device), y.to(device)
+                with autocast:
+                    _, loss = model(x, y)
+                total += torch.tensor([loss.item() * len(x), len(x)], dtype=torch.float64, device=device)
+        if ddp:
+            dist.all_reduce(total)
+        model.train()
+        return (total[0] / total[1]).item()
+
+    def save(step: int) -> None:
+        if not master:
+            return
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else None}
+        path = ckpt.save_checkpoint(run_dir, {
+            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            "best_val_loss": best_val, "counters": counters.state_dict(), "elapsed_s": elapsed_s, "skipped_steps": skipped,
+            "rng": rng,
+            "config": to_dict(cfg),
+            "model_config": vars(mcfg).copy(),
+        }, cfg.checkpoint.keep_last)
+        log(f"saved {path}")
+
+    params = [p for p in raw_model.parameters() if p.requires_grad]
+    max_steps, last_val = tc.max_steps, None
+    window_s, window_tokens = 0.0, 0  # compute time and tokens since the last log line (for tokens/s)
+    for step in range(start_step, max_steps):
+        factor = lr_factor(step, cfg.schedule, max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+        if step % tc.eval_interval == 0:
+            last_val = evaluate()
+            best_val = min(best_val, last_val)
+            logger.log_eval(dict(step=step, val_loss=last_val, **counters.as_dict(), elapsed_s=elapsed_s))
+            log(f"step {step}: val loss {last_val:.4f}")
+
+        t0 = time.time()
+        loss_sum = torch.zeros((), device=device)
+        for micro_step in range(accum):
+            x, y = train_batch(train_ds, tc.seed, step, micro_step, rank, world_size, micro_batch, accum)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = not ddp or micro_step == accum - 1
+            with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
+                _, loss = model(x, y)
+            (loss / accum).backward()
+            loss_sum += loss.detach()
+        if ddp:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        train_loss = loss_sum.item() / accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"),
+                                                   foreach=True).item()
+        if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            if tc.nonfinite == "stop":
+                last = ckpt.list_checkpoints(run_dir)
+                where = f"the last good checkpoint {last[0][1]} is intact" if last else "no checkpoint was written"
+                raise NonFiniteError(f"non-finite {'loss' if not math.isfinite(train_loss) else 'gradient'} at step "
+                                     f"{step} ({where}); lower the learning rate, or set --train.nonfinite=skip")
+            skipped += 1
+            log(f"step {step}: non-finite loss/gradient, update skipped ({skipped} so far)")
+        else:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            counters.add_step(tc.batch_tokens, optimizer.last_step_flops())
+        dt = time.time() - t0  # the .item() calls above waited for the GPU, so this is the step's real time
+        elapsed_s += dt
+        window_s, window_tokens = window_s + dt, window_tokens + tc.batch_tokens
+
+        if step % tc.log_interval == 0 or step == max_steps - 1:
+            tok_s = window_tokens / max(window_s, 1e-9)
+            rec = dict(step=step, loss=train_loss, lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
+                       **counters.as_dict(), elapsed_s=elapsed_s, tokens_per_s=tok_s, skipped=skipped)
+            if peak:
+                rec["mfu"] = flops_per_token * tok_s / (peak * world_size)
+            logger.log_train(rec)
+            log(f"step {step}/{max_steps} | loss {train_loss:.4f} | lr {rec['lr']:.3e} | gnorm {grad_norm:.3f} | "
+                f"{tok_s / 1e3:.1f}k tok/s" + (f" | mfu {rec['mfu'] * 100:.1f}%" if peak else "") +
+                f" | {elapsed_s:.1f}s")
+            window_s, window_tokens = 0.0, 0
+
+        done = step + 1
+        if cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0 and done < max_steps:
+            save(done)
+        if tc.stop_after and done - start_step >= tc.stop_after and done < max_steps:
+            if not (cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0):
+                save(done)
+            log(f"stopping after {tc.stop_after} steps in this invocation (train.stop_after); rerun to continue")
+            logger.finish(None)
+            return dict(steps=done, stopped_early=True)
+
+    if start_step < max_steps or last_val is None:
+        last_val = evaluate()
+        best_val = min(best_val, last_val)
+        logger.log_eval(dict(step=max_steps, val_loss=last_val, **counters.as_dict(), elapsed_s=elapsed_s))
+        log(f"step {max_steps}: val loss {last_val:.4f}")
+        save(max_steps)
+    summary = dict(steps=max_steps, best_val_loss=best_val, final_val_loss=last_val, **counters.as_dict(),
+                   elapsed_s=elapsed_s, skipped_steps=skipped, wall_s=time.time() - t_start)
+    if master:
+        ckpt.atomic_write_bytes(os.path.join(run_dir, "final.json"),
+                                lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    logger.finish(summary)
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Overrides: --section.key=value, e.g. --optimizer.name=lion --train.max_steps=100")
+    parser.add_argument("config", nargs="?", default=None, help="TOML config (default: configs/tiny_cpu.toml)")
+    args, overrides = parser.parse_known_args(argv)
+    cfg = load_config(args.config, overrides)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(to_toml(cfg))
+    summary = train(cfg)
+    return summary
+
+
+if __name__ == "__main__":
+    main_guard(main)
+    sys.exit(0)
