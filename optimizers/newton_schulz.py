@@ -1,0 +1,192 @@
+"""Newton–Schulz orthogonalisation, the one shared implementation used by muon, olion, lionmuon and signmuon.
+
+`newton_schulz(G)` maps a matrix (or a stack of matrices) G = U Σ Vᵀ to approximately U Vᵀ by iterating an odd
+quintic polynomial on the singular values:
+
+    X ← G / (s·‖G‖_F + eps)                       (s = 1 for KellerJordan, 1.01 for Polar Express)
+    repeat K times:  A = X Xᵀ;  B = b·A + c·A²;  X ← a·X + B·X
+
+working on the wide orientation (tall inputs are transposed so that A is r×r with r = min(m, n)), as every
+reference implementation does. Two coefficient sets are selectable:
+
+- "kellerjordan": (a, b, c) = (3.4445, −4.7750, 2.0315) at every step, eps 1e-7, exactly
+  KellerJordan/Muon: muon.py `zeropower_via_newtonschulz5` (and torch.optim.Muon). The scalar map has f(1) = 0.701
+  and the 5-step output's singular values land in about [0.68, 1.2] rather than at 1 (spec §9.1).
+- "polar_express": the per-step coefficients of Amsel et al. 2025 (arXiv 2505.16932, Algorithm 1, the list in
+  NoahAmsel/PolarExpress: polar_express.py), each tuple except the last divided by (1.01, 1.01³, 1.01⁵) (the
+  safety factor), normalisation by 1.01·‖X‖_F + 1e-7; after 8 steps the last tuple repeats (spec §5.4).
+
+Precision: "auto" runs NS in bfloat16 on CUDA (as every reference does; the iteration is stable in bf16) and in the
+input's own dtype elsewhere (fp32 on CPU, where bf16 matmuls are slow, and fp64 in the float64 reference tests).
+
+`orthogonalize(mats)` is what the optimizers call: it groups the matrices by their (r, c) orientation so that
+same-shape matrices (tall ones transposed) run as one batched NS, and under torch.distributed it splits those
+matrices across ranks (balanced by FLOPs), each rank orthogonalises its share and the results are all-gathered, so
+every rank ends with every NS output. Inputs must be identical on all ranks (they are: DDP-averaged gradients and
+full momentum state on every rank).
+"""
+
+import torch
+import torch.distributed as dist
+
+from .flops import ns_matmul_flops
+
+KELLERJORDAN = (3.4445, -4.7750, 2.0315)
+
+# Polar Express, arXiv 2505.16932 Algorithm 1 (before the safety factor). The last tuple repeats for steps > 8.
+_POLAR_EXPRESS_RAW = [
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+]
+_PE_SAFETY = 1.01
+POLAR_EXPRESS = [(a / _PE_SAFETY, b / _PE_SAFETY**3, c / _PE_SAFETY**5) for a, b, c in _POLAR_EXPRESS_RAW[:-1]]
+POLAR_EXPRESS.append(_POLAR_EXPRESS_RAW[-1])
+
+NS_COEFFICIENTS = ("kellerjordan", "polar_express")
+NS_DTYPES = ("auto", "bfloat16", "float32", "float64")
+NS_EPS = 1e-7
+
+
+def coefficient_schedule(coefficients: str, steps: int) -> tuple[list[tuple[float, float, float]], float]:
+    """The (a, b, c) of each of `steps` iterations and the normalisation factor s of ‖X‖_F."""
+    if coefficients == "kellerjordan":
+        return [KELLERJORDAN] * steps, 1.0
+    if coefficients == "polar_express":
+        return [POLAR_EXPRESS[min(i, len(POLAR_EXPRESS) - 1)] for i in range(steps)], _PE_SAFETY
+    raise ValueError(f"unknown Newton-Schulz coefficients {coefficients!r}; use one of {NS_COEFFICIENTS}")
+
+
+def resolve_dtype(ns_dtype: str, like: torch.Tensor) -> torch.dtype:
+    """'auto' → bfloat16 on CUDA, else the input's dtype; otherwise the named dtype."""
+    if ns_dtype == "auto":
+        return torch.bfloat16 if like.is_cuda else like.dtype
+    return getattr(torch, ns_dtype)
+
+
+def newton_schulz(G: torch.Tensor, steps: int = 5, coefficients: str = "kellerjordan", eps: float = NS_EPS,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Orthogonalise G (…, m, n) by `steps` Newton–Schulz iterations; returns a new tensor in `dtype` (default G's).
+
+    Leading dimensions are a batch: every matrix is normalised by its own Frobenius norm and iterated independently.
+    """
+    assert G.ndim >= 2, "newton_schulz needs a matrix or a batch of matrices"
+    schedule, scale = coefficient_schedule(coefficients, steps)
+    X = G.to(dtype) if dtype is not None else G
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:  # iterate on the wide orientation: the Gram matrix X Xᵀ is then r×r, r = min(m, n)
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * scale + eps)  # ‖X‖₂ ≤ ‖X‖_F, so singular values start in [0, 1]
+    if X.ndim == 2:
+        for a, b, c in schedule:
+            A = X @ X.mT
+            B = torch.addmm(A, A, A, beta=b, alpha=c)  # b·A + c·A·A
+            X = torch.addmm(X, B, X, beta=a)  # a·X + B·X
+    else:
+        X = X.reshape(-1, X.size(-2), X.size(-1)) if X.ndim > 3 else X
+        for a, b, c in schedule:
+            A = torch.bmm(X, X.mT)
+            B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+            X = torch.baddbmm(X, B, X, beta=a)
+        X = X.reshape(*G.shape[:-2], X.size(-2), X.size(-1))
+    return X.mT if transposed else X
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batched, optionally distributed orthogonalisation of a list of matrices
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+_PLANS: dict = {}
+
+
+def _plan(shapes: tuple, world_size: int) -> list[list[tuple[tuple[int, int], list[int]]]]:
+    """Assign matrices to ranks, balanced by NS FLOPs, and group each rank's share by oriented shape (r, c).
+
+    Returns, per rank, a list of buckets (r, c) → indices into `shapes`. Greedy longest-processing-time: matrices
+    sorted by FLOPs (ties by index, so every rank computes the same plan) go to the least loaded rank.
+    """
+    key = (shapes, world_size)
+    if key in _PLANS:
+        return _PLANS[key]
+    load = [0] * world_size
+    owned: list[list[int]] = [[] for _ in range(world_size)]
+    order = sorted(range(len(shapes)), key=lambda i: (-ns_matmul_flops(*shapes[i], 1), i))
+    for i in order:
+        r = min(range(world_size), key=lambda k: (load[k], k))
+        owned[r].append(i)
+        load[r] += ns_matmul_flops(*shapes[i], 1)
+    plan = []
+    for idx in owned:
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for i in sorted(idx):
+            m, n = shapes[i]
+            buckets.setdefault((min(m, n), max(m, n)), []).append(i)
+        plan.append(sorted(buckets.items()))
+    _PLANS[key] = plan
+    return plan
+
+
+def _run_buckets(mats, buckets, steps, coefficients, dtype, eps):
+    """NS of every bucket as one batch; yields (bucket (r, c), indices, output stack of shape (k, r, c))."""
+    for (r, c), idx in buckets:
+        X = torch.empty((len(idx), r, c), dtype=dtype, device=mats[idx[0]].device)
+        # tall matrices enter transposed (NS(Gᵀ) = NS(G)ᵀ), so tall and wide matrices of the same (r, c) share a batch
+        srcs = [mats[i].mT if mats[i].size(0) > mats[i].size(1) else mats[i] for i in idx]
+        torch._foreach_copy_(list(X.unbind(0)), srcs)
+        yield (r, c), idx, newton_schulz(X, steps, coefficients, eps)
+
+
+def orthogonalize(mats: list[torch.Tensor], steps: int = 5, coefficients: str = "kellerjordan",
+                  ns_dtype: str = "auto", eps: float = NS_EPS, distributed: bool | None = None) -> list[torch.Tensor]:
+    """NS(M) for every 2-D M in `mats` (returned in the NS dtype, same shapes; may be non-contiguous views).
+
+    distributed=None splits the work across ranks when torch.distributed is initialised with world size > 1;
+    False always computes everything locally. The split result equals the local one: the same matrices are
+    batched with different partners, which changes nothing but the floating-point rounding of batched matmuls.
+    """
+    if not mats:
+        return []
+    dtype = resolve_dtype(ns_dtype, mats[0])
+    world_size, rank = _world() if distributed in (None, True) else (1, 0)
+    shapes = tuple((int(m.size(0)), int(m.size(1))) for m in mats)
+    plan = _plan(shapes, world_size)
+    out: list[torch.Tensor | None] = [None] * len(mats)
+
+    def place(i, o):  # o is the (r, c) oriented result; put matrix i back into its own orientation
+        out[i] = o.mT if shapes[i][0] > shapes[i][1] else o
+
+    if world_size == 1:
+        for _, idx, Y in _run_buckets(mats, plan[0], steps, coefficients, dtype, eps):
+            for j, i in enumerate(idx):
+                place(i, Y[j])
+        return out
+
+    # Each rank orthogonalises its share into a flat buffer; one all_gather gives every rank every result.
+    sizes = [sum(shapes[i][0] * shapes[i][1] for _, idx in p for i in idx) for p in plan]
+    width = max(sizes)
+    send = torch.zeros(width, dtype=dtype, device=mats[0].device)
+    offset = 0
+    for _, idx, Y in _run_buckets(mats, plan[rank], steps, coefficients, dtype, eps):
+        send[offset:offset + Y.numel()].copy_(Y.reshape(-1))
+        offset += Y.numel()
+    recv = torch.empty((world_size, width), dtype=dtype, device=mats[0].device)
+    dist.all_gather(list(recv.unbind(0)), send)
+    for k in range(world_size):
+        offset = 0
+        for (r, c), idx in plan[k]:
+            for i in idx:
+                place(i, recv[k, offset:offset + r * c].view(r, c))
+                offset += r * c
+    return out
+
