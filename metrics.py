@@ -161,7 +161,7 @@ class MetricsLogger:
             self._start_fresh(config)
         else:
             self._truncate_for_resume(int(resume_step), config)
-        self._file = open(self.path, "a")
+        self._file = open(self.path, "a")  # noqa: SIM115 - open for the whole run, closed in finish()
         if wandb_mode != "disabled":
             self._init_wandb(wandb_mode, project, run_name or os.path.basename(os.path.abspath(self.run_dir)),
                              group, config, resumed=resume_step is not None)

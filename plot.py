@@ -1,6 +1,7 @@
 """Plot validation loss vs training FLOPs (or tokens, or wall time) for many runs.
 
     python plot.py RUN_DIR... [--x flops|tokens|time] [--out fig.png] [--table table.md]
+    python plot.py runs/sweep_x            # a sweep directory stands for all its runs
 
 Reads only RUN_DIR/metrics.jsonl (+ RUN_DIR/final.json when the run finished), so no network is needed.
 Writes:
@@ -111,8 +112,28 @@ def load_run(run_dir):
                evals=_dedup(r for r in records if r.get("kind") == "eval"), final=final)
 
 
-def load_runs(run_dirs):
-    runs = [load_run(d) for d in run_dirs]
+def expand_run_dirs(paths):
+    """Run directories from the command line, so that `plot.py runs/sweep_x` and `plot.py runs/sweep_x/*` work:
+    a plain file (summary.md, heatmap.png) is skipped; a directory without metrics.jsonl whose
+    subdirectories have one (a sweep directory) stands for those subdirectories."""
+    dirs = []
+    for p in paths:
+        if os.path.isfile(p):
+            continue
+        if os.path.isdir(p) and not os.path.isfile(os.path.join(p, METRICS_FILE)):
+            subs = sorted(os.path.join(p, d) for d in os.listdir(p)
+                          if os.path.isfile(os.path.join(p, d, METRICS_FILE)))
+            if subs:
+                dirs += subs
+                continue
+        dirs.append(p)  # load_run reports a missing metrics.jsonl
+    return dirs
+
+
+def load_runs(paths):
+    runs = [load_run(d) for d in expand_run_dirs(paths)]
+    if not runs:
+        raise DataError(f"no run directories among {' '.join(paths)}. Pass directories written by train.py")
     # Two runs with the same run_name (e.g. the same config in two places) must stay distinguishable.
     seen = {}
     for r in runs:
@@ -268,7 +289,7 @@ def pareto_path(out):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or a sweep directory")
     p.add_argument("--x", choices=sorted(X_AXES), default="flops", help="x axis of the loss curves")
     p.add_argument("--out", default=None, help="curves PNG (default val_loss_vs_<x>.png); "
                                                "the Pareto plot goes to <stem>_pareto.png")

@@ -221,7 +221,8 @@ def test_wandb_online_with_key(tmp_path, monkeypatch):
     assert [i["mode"] for i in fake.inits] == ["online"]
     for root, _, files in os.walk(tmp_path):  # the key must not end up in anything we write
         for name in files:
-            assert secret not in open(os.path.join(root, name), errors="replace").read()
+            with open(os.path.join(root, name), "rb") as f:
+                assert secret.encode() not in f.read()
     assert secret not in json.dumps(fake.inits[0]["config"])
 
 

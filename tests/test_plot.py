@@ -124,7 +124,17 @@ def test_missing_metrics_is_a_one_line_error(tmp_path):
     with pytest.raises(DataError, match="no metrics.jsonl"):
         plot.load_run(str(tmp_path))
     p = subprocess.run([sys.executable, "plot.py", str(tmp_path), "--out", str(tmp_path / "f.png")], cwd=REPO,
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("error:") and "metrics.jsonl" in p.stderr
     assert not (tmp_path / "f.png").exists()
+
+
+def test_sweep_dir_and_glob_expand(two_runs, tmp_path):
+    (tmp_path / "summary.md").write_text("# not a run\n")
+    names = sorted(r.label for r in plot.load_runs([str(tmp_path)]))  # the sweep directory itself
+    assert names == ["adam-lr", "muon-lr"]
+    globbed = [str(tmp_path / n) for n in sorted(os.listdir(tmp_path))]  # runs/sweep_x/* incl. summary.md
+    assert sorted(r.label for r in plot.load_runs(globbed)) == ["adam-lr", "muon-lr"]
+    with pytest.raises(DataError, match="no run directories"):
+        plot.load_runs([str(tmp_path / "summary.md")])
