@@ -1,0 +1,133 @@
+"""Batches from token shards, as pure functions of their arguments (exact resume, any world size).
+
+A split (train or val) is the sorted list of shards in a data directory: files named *train*.bin or *val*.bin
+(data/prepare.py's `{source}_{split}_{index:06d}.bin`, llm.c's and modded-nanogpt's `fineweb_train_000001.bin`)
+or nanoGPT's headerless train.bin / val.bin. Each shard is memory-mapped, never read whole.
+
+A shard of n tokens holds (n - 1) // seq_len non-overlapping windows of seq_len + 1 tokens, window i =
+tokens[i*seq_len : i*seq_len + seq_len + 1] (inputs are its first seq_len tokens, targets its last seq_len). Windows
+never cross a shard boundary, and the split's windows are numbered shard after shard.
+
+Training order (train_batch): global sample g (counted over all steps, ranks and micro-steps) is window
+perm(seed, epoch)[g % n_sequences] with epoch = g // n_sequences, where perm is a fresh permutation per epoch from
+NumPy's legacy RandomState([seed, epoch]) (its stream is frozen across NumPy versions). So each epoch visits every
+window exactly once, and a batch depends only on (seed, step, position in the global batch): resuming at step k,
+or running with another number of processes, sees the same global batches.
+"""
+
+import glob
+import os
+
+import numpy as np
+import torch
+
+from data.shards import read_tokens
+from errors import ConfigError, DataError
+
+SPLITS = ("train", "val")
+
+
+def find_shards(data_dir: str, split: str) -> list:
+    """Sorted paths of the `split` shards in `data_dir` (*{split}*.bin, which includes nanoGPT's {split}.bin)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not os.path.isdir(data_dir):
+        raise DataError(f"data directory {data_dir} does not exist; create it with `python -m data.prepare "
+                        f"shakespeare --out {data_dir}` (or another source), or fix data.dir")
+    other = SPLITS[1 - SPLITS.index(split)]
+    paths = sorted(glob.glob(os.path.join(glob.escape(data_dir), f"*{split}*.bin")))
+    ambiguous = [p for p in paths if other in os.path.basename(p)]
+    if ambiguous:
+        raise DataError(f"shard {ambiguous[0]} names both 'train' and 'val', so its split is ambiguous; rename it")
+    if not paths:
+        raise DataError(f"no {split} shards (*{split}*.bin) in {data_dir}; prepare the data with "
+                        f"`python -m data.prepare <source> --out {data_dir}`")
+    return paths
+
+
+class TokenDataset:
+    """One split of a data directory, cut into windows of seq_len + 1 tokens (see the module docstring).
+
+    Validates every shard on construction (header, size, every token id < vocab_size) and raises DataError.
+    """
+
+    def __init__(self, data_dir: str, split: str, seq_len: int, vocab_size: int):
+        if seq_len < 1:
+            raise ConfigError(f"sequence length {seq_len} must be positive")
+        self.data_dir, self.split, self.seq_len, self.vocab_size = data_dir, split, seq_len, vocab_size
+        self.paths = find_shards(data_dir, split)
+        self.shards = [read_tokens(p, vocab_size) for p in self.paths]
+        counts = np.array([(len(s) - 1) // seq_len for s in self.shards], dtype=np.int64)
+        # starts[k] = index of shard k's first window in the split's numbering
+        self.starts = np.concatenate([[0], np.cumsum(counts)])
+        self.n_sequences = int(self.starts[-1])
+        self.n_tokens = int(sum(len(s) for s in self.shards))
+        if self.n_sequences == 0:
+            raise DataError(f"the {split} split of {data_dir} has {self.n_tokens} tokens (longest shard "
+                            f"{max(len(s) for s in self.shards)}), fewer than one block of seq_len + 1 = "
+                            f"{seq_len + 1}; use a shorter sequence length or more data")
+        self._perms = {}  # (seed, epoch) -> permutation: the current and the previous epoch only
+
+    def window(self, i: int) -> np.ndarray:
+        """Window i of the split: seq_len + 1 consecutive tokens of one shard."""
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        start = (i - int(self.starts[k])) * self.seq_len
+        return self.shards[k][start:start + self.seq_len + 1]
+
+    def batch(self, windows) -> tuple:
+        """(x, y) int64 CPU tensors of shape (len(windows), seq_len) for the given window indices."""
+        buf = np.empty((len(windows), self.seq_len + 1), dtype=np.int64)
+        for row, i in enumerate(windows):
+            buf[row] = self.window(int(i))
+        t = torch.from_numpy(buf)
+        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+    def permutation(self, seed: int, epoch: int) -> np.ndarray:
+        """The order of the windows in `epoch` (cached: a batch straddles at most two epochs)."""
+        key = (seed, epoch)
+        if key not in self._perms:
+            perm = np.random.RandomState([seed, epoch]).permutation(self.n_sequences)
+            # uint32 halves the memory of the cache (10B tokens / 1024 = 10M windows = 40 MB)
+            self._perms = {k: p for k, p in self._perms.items() if k == (seed, epoch - 1)}
+            self._perms[key] = perm.astype(np.uint32) if self.n_sequences < 2**32 else perm
+        return self._perms[key]
+
+
+def train_batch(ds: TokenDataset, seed: int, step: int, micro_step: int, rank: int, world_size: int,
+                micro_batch: int, accum: int) -> tuple:
+    """(x, y) for one micro-step of one rank: int64 CPU tensors (micro_batch, seq_len), y = x shifted by one.
+
+    The global batch of `step` is B = micro_batch * world_size * accum sequences; this call returns its samples
+    j = (micro_step * world_size + rank) * micro_batch + i, i < micro_batch, i.e. global samples g = step * B + j,
+    each the window perm(seed, g // n_sequences)[g % n_sequences].
+    """
+    if not (0 <= rank < world_size and 0 <= micro_step < accum and micro_batch >= 1 and step >= 0):
+        raise ValueError(f"bad batch position: step {step}, micro_step {micro_step}/{accum}, rank "
+                         f"{rank}/{world_size}, micro_batch {micro_batch}")
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"seed {seed} must be in [0, 2**32) for the data order; choose another train.seed")
+    n = ds.n_sequences
+    first = step * micro_batch * world_size * accum + (micro_step * world_size + rank) * micro_batch
+    g = np.arange(first, first + micro_batch, dtype=np.int64)
+    windows = np.empty(micro_batch, dtype=np.int64)
+    for epoch in np.unique(g // n):
+        sel = g // n == epoch
+        windows[sel] = ds.permutation(seed, int(epoch))[g[sel] % n]
+    return ds.batch(windows)
+
+
+def val_batches(ds: TokenDataset, val_tokens: int, micro_batch: int, rank: int, world_size: int) -> list:
+    """This rank's share of the fixed validation set, as a list of (x, y) batches of at most micro_batch rows.
+
+    The validation set is the first val_tokens // seq_len windows of the split, in order (all of them if the split
+    is shorter); rank r takes windows r, r + world_size, ... Ranks may get different numbers of batches when the
+    window count is not a multiple of world_size * micro_batch: reduce (loss sum, count), not per-rank means.
+    """
+    if not 0 <= rank < world_size or micro_batch < 1:
+        raise ValueError(f"bad rank {rank}/{world_size} or micro_batch {micro_batch}")
+    n = val_tokens // ds.seq_len
+    if n < 1:
+        raise ConfigError(f"data.val_tokens = {val_tokens} is less than one sequence of {ds.seq_len} tokens; "
+                          f"raise it to at least {ds.seq_len}")
+    mine = np.arange(rank, min(n, ds.n_sequences), world_size)
+    return [ds.batch(mine[i:i + micro_batch]) for i in range(0, len(mine), micro_batch)]

