@@ -61,7 +61,7 @@ class OLion(NanoptimOptimizer):
             rows, cols = o.shape
             S = torch.sign(o)
             # γ = √min·0.2·√max / (‖S‖_F + eps), ‖S‖_F = √(number of non-zeros) exactly; kept on the device (no sync)
-            gamma = 0.2 * math.sqrt(min(rows, cols) * max(rows, cols)) / (torch.count_nonzero(S).float().sqrt() + eps)
+            gamma = 0.2 * math.sqrt(min(rows, cols) * max(rows, cols)) / (torch.count_nonzero(S).double().sqrt() + eps)
             if wd != 0:
                 p.mul_(1.0 - lr * wd)
             p.addcmul_(S.reshape(p.shape), gamma.to(p.dtype), value=-lr)
