@@ -19,10 +19,9 @@ from .leo import Leo
 from .lion import Lion
 from .lionmuon import LionMuon
 from .muon import Muon
-from .newton_schulz import newton_schulz, orthogonalize
 from .olion import OLion
 from .signmuon import SignMuon
 from .signum import Signum
 
-__all__ = ["OPTIMIZERS", "OptimizerConfig", "build_optimizer", "METHOD_DEFAULTS", "newton_schulz", "orthogonalize",
+__all__ = ["OPTIMIZERS", "OptimizerConfig", "build_optimizer", "METHOD_DEFAULTS",
            "AdamW", "Lion", "Signum", "Muon", "OLion", "LionMuon", "SignMuon", "Leo"]
