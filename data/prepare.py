@@ -245,11 +245,20 @@ def shakespeare_documents(val_fraction: float):
 _WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")  # " = Title = " starts an article; " = = Section = = " does not
 
 
-def wikitext_articles(records):
+def record_texts(records, where: str):
+    """The "text" field of each hub record (None counts as empty)."""
+    for rec in records:
+        try:
+            yield rec["text"] or ""
+        except KeyError:
+            raise DataError(f"records of {where} have no 'text' field (fields: {', '.join(rec)}); "
+                            f"choose a dataset with a text column") from None
+
+
+def wikitext_articles(lines):
     """Join wikitext's line records into whole articles (each starts with a " = Title = " line)."""
     article = []
-    for rec in records:
-        line = rec["text"]
+    for line in lines:
         if _WIKITEXT_TITLE.match(line.rstrip("\n")) and any(s.strip() for s in article):
             yield "".join(article)
             article = []
@@ -289,12 +298,13 @@ def hub_documents(source: str, val_fraction: float, name: str | None, dataset: s
 
         def docs():
             for split, hub_split in (("val", hub.splits["val"]), ("train", hub.splits["train"])):
-                for text in wikitext_articles(stream(hub_split)):
+                for text in wikitext_articles(record_texts(stream(hub_split), where)):
                     yield Document(split, (text,))
         # val first: it is small, so a --max-tokens run still gets a complete validation split
         return docs(), rule, where
     rule = f"document-level: a document is in val iff blake2b-64(its text) / 2^64 < {val_fraction}"
-    return (Document(split_of(rec["text"], val_fraction), (rec["text"],)) for rec in stream("train")), rule, where
+    texts = record_texts(stream("train"), where)
+    return (Document(split_of(text, val_fraction), (text,)) for text in texts), rule, where
 
 
 # ----------------------------------------------------------------------------- tokenization

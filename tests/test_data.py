@@ -317,6 +317,9 @@ def test_prepare_hub_script_fallback_and_missing_datasets(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "datasets", fake)
     P.prepare("openwebtext", str(tmp_path / "owt"), val_fraction=0.0, workers=1, progress=False)
     assert [c["revision"] for c in fake.calls] == [None, "refs/convert/parquet"]
+    monkeypatch.setitem(sys.modules, "datasets", FakeDatasets([{"content": "no text column"}]))
+    with pytest.raises(DataError, match="have no 'text' field"):
+        P.prepare("openwebtext", str(tmp_path / "owt2"), dataset="someone/code", workers=1, progress=False)
     monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now raises ImportError
     with pytest.raises(DataError, match="pip install datasets"):
         P.prepare("slimpajama", str(tmp_path / "sp"), workers=1, progress=False)
