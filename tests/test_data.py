@@ -10,7 +10,6 @@ import random
 import shutil
 import subprocess
 import sys
-import types
 from collections import Counter
 
 import numpy as np
@@ -174,7 +173,8 @@ def test_pieces_give_the_ids_of_the_whole_text(enc, tiny_text):
     assert len(parts) > 30 and "".join(parts) == text
     assert [t for p in parts for t in enc.encode_ordinary(p)] == enc.encode_ordinary(text)
     rng = random.Random(0)
-    atoms = ["a", "Zé", "日本", "12", "²", " ", "  ", "\n", "\n\n", "\t", " \n", "\xa0", "'s", "'ll", "!", "--", ".", "_", "x1"]
+    atoms = ["a", "Zé", "日本", "12", "²", " ", "  ", "\n", "\n\n", "\t", " \n", "\xa0", "'s", "'ll", "!", "--",
+             ".", "_", "x1"]
     for _ in range(200):
         text = "".join(rng.choice(atoms) for _ in range(rng.randint(1, 80)))
         parts = list(P.pieces([text], max_chars=rng.randint(1, 8)))
