@@ -248,8 +248,6 @@ def validate(cfg: RunConfig) -> None:
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout = {cfg.model.dropout} must be in [0, 1)")
     s = cfg.schedule
-    if s.warmup_steps >= cfg.train.max_steps and s.warmup_steps > 0:
-        raise ConfigError(f"schedule.warmup_steps = {s.warmup_steps} must be < train.max_steps = {cfg.train.max_steps}")
     for key in ("warmup_start_factor", "min_lr_ratio", "decay_fraction"):
         value = getattr(s, key)
         if not 0.0 <= value <= 1.0:
