@@ -73,6 +73,14 @@ def test_ns_flops_spec_table(m, n, want):
     assert flops.ns_flops(m, n, 5) == flops.ns_flops(n, m, 5)  # transposing does not change the work
 
 
+def test_ns_flops_agrees_with_optimizers_package():
+    # optimizers/flops.py charges the optimizers' NS work with its own copy of the formula; the two must not drift
+    from optimizers.flops import ns_matmul_flops
+
+    for m, n, k in [(768, 2304, 5), (3072, 768, 5), (2048, 2048, 6), (7, 3, 1)]:
+        assert flops.ns_flops(m, n, k) == ns_matmul_flops(m, n, k)
+
+
 def test_ns_flops_exact():
     # one step on 2×3: r=2, c=3 -> X·Xᵀ 2·2·2·3=24, A·A 2·2³=16, B·X 24 -> 64
     assert flops.ns_flops(2, 3, 1) == 64
