@@ -116,7 +116,7 @@ class LayerNorm(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm (Zhang & Sennrich 2019) as in LLaMA: x / sqrt(mean(x²) + eps) · weight, computed in fp32."""
+    """RMSNorm (Zhang & Sennrich 2019) as in LLaMA: x / sqrt(mean(x²) + eps) · weight."""
 
     def __init__(self, ndim: int, eps: float = 1e-5):
         super().__init__()
@@ -124,9 +124,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(ndim))
 
     def forward(self, x):
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
+        # F.rms_norm computes in fp32 for bf16/fp16 inputs (and the residual stream is fp32 anyway)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rope_cache(head_dim: int, max_len: int, base: float = 10000.0):
@@ -137,9 +136,11 @@ def rope_cache(head_dim: int, max_len: int, base: float = 10000.0):
 
 
 def apply_rope(x, cos, sin):
-    """Rotate consecutive channel pairs (x[2i], x[2i+1]) of x (B, nh, T, hs) by position-dependent angles, as
-    Meta's LLaMA reference (view_as_complex). Computed in fp32, returned in x's dtype."""
-    xf = x.float().unflatten(-1, (-1, 2))  # (B, nh, T, hs/2, 2)
+    """Rotate consecutive channel pairs (x[2i], x[2i+1]) of x (B, T, n_heads, hs) by the angles of their position,
+    as Meta's LLaMA reference (view_as_complex, written here in real arithmetic). cos, sin: (T, hs/2).
+    Computed in fp32, returned in x's dtype."""
+    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
+    xf = x.float().unflatten(-1, (-1, 2))  # (B, T, n_heads, hs/2, 2)
     x0, x1 = xf[..., 0], xf[..., 1]
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return out.flatten(-2).type_as(x)
@@ -165,13 +166,12 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        qkv = self.c_attn(x).view(B, T, 3 * self.n_head, C // self.n_head)  # q heads, then k heads, then v heads
+        qk, v = qkv.split((2 * self.n_head, self.n_head), dim=2)
         if self.use_rope:
-            q = apply_rope(q, self.rope_cos[:T], self.rope_sin[:T])
-            k = apply_rope(k, self.rope_cos[:T], self.rope_sin[:T])
+            qk = apply_rope(qk, self.rope_cos[:T], self.rope_sin[:T])  # q and k in one pass: fewer kernels
+        q, k = qk.split(self.n_head, dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
         # flash attention when the backend has it; is_causal masks the future
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=None,
                                            dropout_p=self.dropout if self.training else 0.0, is_causal=True)
