@@ -35,7 +35,7 @@ import torch
 
 from .base import NanoptimOptimizer, matrix_view
 from .flops import ELEMENTWISE_PER_ELEMENT
-from .lion import lion_foreach
+from .lion import lion_update
 from .muon import check_ns_args
 
 
@@ -94,14 +94,9 @@ class LionMuon(NanoptimOptimizer):
                 work += [(group, matrix_view(d)) for d in directions]
                 muon_params += ps
             else:
-                lion_foreach(ps, grads, bufs, group["lr"] * group["lion_lr_ratio"], group["weight_decay"],
-                             beta1, beta2)
+                lion_update(ps, grads, bufs, group["lr"] * group["lion_lr_ratio"], group["weight_decay"],
+                            beta1, beta2, self._compiled(ps[0]))
         outs, flops = self._orthogonalize(work)
-        for (group, _), p, o in zip(work, muon_params, outs):
-            lr, wd = group["lr"], group["weight_decay"]
-            rows, cols = o.shape
-            if wd != 0:
-                p.mul_(1.0 - lr * wd)
-            p.add_(o.reshape(p.shape), alpha=-lr * 0.2 * math.sqrt(max(rows, cols)))
+        self._apply_matrix_updates(work, muon_params, outs, lambda g, rows, cols: 0.2 * math.sqrt(max(rows, cols)))
         flops["elementwise"] += ELEMENTWISE_PER_ELEMENT[self.method] * n
         return flops

@@ -78,11 +78,6 @@ class Muon(NanoptimOptimizer):
             params += ps
             n += sum(p.numel() for p in ps)
         outs, flops = self._orthogonalize(work)
-        for (group, _), p, o in zip(work, params, outs):
-            lr, wd = group["lr"], group["weight_decay"]
-            rows, cols = o.shape
-            if wd != 0:
-                p.mul_(1.0 - lr * wd)
-            p.add_(o.reshape(p.shape), alpha=-lr * scale_factor(group["scaling"], rows, cols))
+        self._apply_matrix_updates(work, params, outs, lambda g, rows, cols: scale_factor(g["scaling"], rows, cols))
         flops["elementwise"] += ELEMENTWISE_PER_ELEMENT["muon"] * n
         return flops
