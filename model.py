@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.nn import functional as F
 
 from errors import ConfigError
@@ -280,7 +280,7 @@ class GPT(nn.Module):
         with targets, logits (B, T, vocab_size) and loss = mean cross-entropy over all positions, computed in fp32
         (positions whose target is -1 are ignored, as nanoGPT); without targets, logits (B, 1, vocab_size) for the
         last position only (what generation needs) and loss None."""
-        B, T = idx.size()
+        T = idx.size(1)
         if T > self.config.block_size:
             raise ConfigError(f"sequence length {T} exceeds the model's block_size {self.config.block_size}. "
                               "Use shorter inputs or a larger model.block_size")

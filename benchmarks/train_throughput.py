@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for model/flops
 
-from errors import main_guard  # noqa: E402
+from errors import ConfigError, main_guard  # noqa: E402  (after the sys.path line on purpose)
 from flops import model_flops_per_token, peak_flops  # noqa: E402
-from model import MODEL_SIZES, GPT, model_config  # noqa: E402
+from model import GPT, MODEL_SIZES, model_config  # noqa: E402
 
 try:  # the project's optimizers, once the package exports them
     from optimizers import OptimizerConfig, build_optimizer
@@ -43,8 +43,8 @@ def make_optimizer(model, name: str, device_type: str):
     if build_optimizer is not None:
         return build_optimizer(model, OptimizerConfig(name=name), device_type), "optimizers.build_optimizer"
     if name != "adamw":
-        sys.exit(f"error: optimizer {name!r} needs optimizers.build_optimizer, which this checkout does not have yet. "
-                 "Use --optimizer adamw")
+        raise ConfigError(f"optimizer {name!r} needs optimizers.build_optimizer, which this checkout does not have "
+                          "yet. Use --optimizer adamw")
     # nanoGPT's AdamW setup: weight decay on matrices and embeddings only
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=0.1),
@@ -126,7 +126,8 @@ def main():
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     args = p.parse_args()
     if min(args.micro_batch, args.steps, args.repeats) < 1 or args.warmup < 0 or args.block_size < 0:
-        sys.exit("error: --micro_batch, --steps, --repeats must be >= 1 and --warmup, --block_size >= 0")
+        raise ConfigError("--micro_batch, --steps and --repeats must be >= 1, --warmup and --block_size >= 0. "
+                          "Fix the flag")
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)

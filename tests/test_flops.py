@@ -6,7 +6,7 @@ import torch
 
 import flops
 from errors import CheckpointError
-from model import ARCHS, GPT, MODEL_SIZES, model_config
+from model import GPT, MODEL_SIZES, model_config
 
 
 def test_gpt2_124m_flops_per_token_by_hand():
@@ -21,6 +21,7 @@ def test_gpt2_124m_flops_per_token_by_hand():
     N = V * d + L * per_layer + d  # wte (= lm_head) 38,633,472 + blocks 84,953,088 + ln_f 768; wpe excluded
     assert N == 123_587_328
     # 6·N = 741,523,968; 12·L·d·T = 12·12·768·1024 = 113,246,208
+    assert 6 * N == 741_523_968 and 12 * L * d * T == 113_246_208
     assert flops.model_flops_per_token(cfg) == 741_523_968 + 113_246_208 == 854_770_176
     # the attention term scales with the sequence length actually trained on
     assert flops.model_flops_per_token(cfg, seq_len=512) == 741_523_968 + 56_623_104
