@@ -93,8 +93,6 @@ def main():
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated subset of row names to run")
-    ap.add_argument("--eager-too", action="store_true",
-                    help="also time our optimizers with compilation off (on CUDA compilation is on by default)")
     args = ap.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -111,21 +109,17 @@ def main():
     only = set(filter(None, args.only.split(",")))
     runners = []  # (name, optimizer, steps per repeat, parameter set)
 
-    def add(name, make, params_desc, per_repeat=1, ours=True):
+    def add(name, make, params_desc, per_repeat=1):
         if not only or name in only:
             runners.append((name, make(), per_repeat, params_desc))
-            if ours and args.eager_too:
-                runners.append((f"{name}[eager]", make(), per_repeat, params_desc))
-                runners[-1][1].compile = False
 
     fused = device.type == "cuda"
     decay = [p for _, p in named if p.ndim >= 2]
     no_decay = [p for _, p in named if p.ndim < 2]
     add("torch.optim.AdamW", lambda: torch.optim.AdamW(
         [dict(params=decay, weight_decay=0.1), dict(params=no_decay, weight_decay=0.0)], lr=6e-4,
-        betas=(0.9, 0.95), fused=fused, foreach=not fused), "all", ours=False)
-    add("torch.optim.Muon", lambda: torch.optim.Muon(hidden, lr=0.02, momentum=0.95, weight_decay=0.0), "hidden",
-        ours=False)
+        betas=(0.9, 0.95), fused=fused, foreach=not fused), "all")
+    add("torch.optim.Muon", lambda: torch.optim.Muon(hidden, lr=0.02, momentum=0.95, weight_decay=0.0), "hidden")
     params = ParamSet(named)
     for name in OPTIMIZERS:  # the full optimizer build_optimizer gives for the whole model
         period = OptimizerConfig(name=name).resolved().get("period", 1.0)
@@ -157,13 +151,11 @@ def main():
         updates = [p.grad for p in hidden]
         flops = sum(ns_matmul_flops(p.size(0), p.size(1), 5) for p in hidden)
         floor = flops / rate
-        for compiled in ([True, False] if device.type == "cuda" and args.eager_too else [device.type == "cuda"]):
-            t_ns = time_fn(lambda: orthogonalize(updates, 5, "kellerjordan", "auto", distributed=False,
-                                                 compiled=compiled), device, args.repeats, args.warmup)
-            key = "ns" if compiled == (device.type == "cuda") else "ns[eager]"
-            rows[key] = dict(time=t_ns, floor=floor, rate=rate, flops=flops)
-            print(f"{key}: NS5 on hidden matrices {t_ns * 1e3:.2f} ms; FLOPs {flops:.4g}; {str(ns_dtype)[6:]} "
-                  f"matmul rate {rate / 1e12:.1f} TFLOP/s; floor {floor * 1e3:.2f} ms; {t_ns / floor:.2f}x floor")
+        t_ns = time_fn(lambda: orthogonalize(updates, 5, "kellerjordan", "auto", distributed=False), device,
+                       args.repeats, args.warmup)
+        rows["ns"] = dict(time=t_ns, floor=floor, rate=rate, flops=flops)
+        print(f"NS5 on hidden matrices {t_ns * 1e3:.2f} ms; FLOPs {flops:.4g}; {str(ns_dtype)[6:]} matmul rate "
+              f"{rate / 1e12:.1f} TFLOP/s; floor {floor * 1e3:.2f} ms; {t_ns / floor:.2f}x floor")
 
     # ratios against the torch.optim counterparts
     print("\n| optimizer | params | step (ms) | state (MiB) | vs torch AdamW | vs torch Muon |")
@@ -176,11 +168,10 @@ def main():
         ra = f"{r['time'] / a:.2f}x" if a and r["set"] == "all" else ""
         rm = f"{r['time'] / m:.2f}x" if m and r["set"] == "hidden" else ""
         print(f"| {name} | {r['set']} | {r['time'] * 1e3:.2f} | {r['bytes'] / 2**20:.1f} | {ra} | {rm} |")
-    for key in ("ns", "ns[eager]"):
-        if key in rows:
-            r = rows[key]
-            print(f"| NS5 batched{key[2:]} | hidden | {r['time'] * 1e3:.2f} | | floor {r['floor'] * 1e3:.2f} ms "
-                  f"| {r['time'] / r['floor']:.2f}x floor |")
+    if "ns" in rows:
+        r = rows["ns"]
+        print(f"| NS5 batched | hidden | {r['time'] * 1e3:.2f} | | floor {r['floor'] * 1e3:.2f} ms "
+              f"| {r['time'] / r['floor']:.2f}x floor |")
 
 
 if __name__ == "__main__":

@@ -13,10 +13,6 @@ groups (matrix lr, backup-AdamW lr, LionMuon's ηL/ηM) never change. Every grou
 Holding both kinds in ONE optimizer (like KellerJordan's MuonWithAuxAdam) lets train.py schedule, clip and
 checkpoint a single object.
 
-Compilation. With `optimizer.compile` True (None, the default, means "on CUDA"), Lion/Signum updates and Newton–Schulz
-run through torch.compile: fused kernels instead of a chain of foreach passes. The math is the same; eager foreach
-is the path on CPU and in the float64 tests.
-
 FLOPs. `last_step_flops()` returns {"matmul": int, "elementwise": int} for the step just taken (see flops.py).
 """
 
@@ -40,8 +36,6 @@ class NanoptimOptimizer(torch.optim.Optimizer):
         self._last_flops = zero_flops()
         # Split Newton–Schulz across ranks: None = whenever torch.distributed is initialised with >1 rank.
         self.distributed: bool | None = None
-        # torch.compile the elementwise updates (Lion, Signum) and Newton–Schulz: None = on CUDA only.
-        self.compile: bool | None = None
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -80,9 +74,6 @@ class NanoptimOptimizer(torch.optim.Optimizer):
     def _step_main(self, groups: list[dict]) -> dict:
         raise NotImplementedError
 
-    def _compiled(self, like: torch.Tensor) -> bool:
-        return self.compile if self.compile is not None else like.is_cuda
-
     def _apply_matrix_updates(self, work, params, outs, scale):
         """p ← p·(1 − lr·wd) − lr·s·O for each (group, _), p, O; s = scale(group, rows, cols). foreach per (group, s)."""
         buckets: dict[tuple[int, float], tuple[dict, list, list]] = {}
@@ -107,8 +98,7 @@ class NanoptimOptimizer(torch.optim.Optimizer):
             settings.setdefault((group["ns_steps"], group["ns_coefficients"], group["ns_dtype"]), []).append(i)
         for (steps, coefficients, ns_dtype), idx in settings.items():
             mats = [work[i][1] for i in idx]
-            outs_k = orthogonalize(mats, steps, coefficients, ns_dtype, distributed=self.distributed,
-                                   compiled=self._compiled(mats[0]))
+            outs_k = orthogonalize(mats, steps, coefficients, ns_dtype, distributed=self.distributed)
             for i, o in zip(idx, outs_k):
                 outs[i] = o
             for m in mats:

@@ -35,7 +35,7 @@ import torch
 
 from .base import NanoptimOptimizer, matrix_view
 from .flops import ELEMENTWISE_PER_ELEMENT
-from .lion import lion_update
+from .lion import lion_foreach
 from .muon import check_ns_args
 
 
@@ -94,8 +94,8 @@ class LionMuon(NanoptimOptimizer):
                 work += [(group, matrix_view(d)) for d in directions]
                 muon_params += ps
             else:
-                lion_update(ps, grads, bufs, group["lr"] * group["lion_lr_ratio"], group["weight_decay"],
-                            beta1, beta2, self._compiled(ps[0]))
+                lion_foreach(ps, grads, bufs, group["lr"] * group["lion_lr_ratio"], group["weight_decay"],
+                             beta1, beta2)
         outs, flops = self._orthogonalize(work)
         self._apply_matrix_updates(work, muon_params, outs, lambda g, rows, cols: 0.2 * math.sqrt(max(rows, cols)))
         flops["elementwise"] += ELEMENTWISE_PER_ELEMENT[self.method] * n

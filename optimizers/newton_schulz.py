@@ -137,33 +137,22 @@ def _plan(shapes: tuple, world_size: int) -> list[list[tuple[tuple[int, int], li
     return plan
 
 
-_ns_compiled = None
-
-
-def _run_buckets(mats, buckets, steps, coefficients, dtype, eps, compiled=False):
+def _run_buckets(mats, buckets, steps, coefficients, dtype, eps):
     """NS of every bucket as one batch; yields (bucket (r, c), indices, output stack of shape (k, r, c))."""
-    global _ns_compiled
-    ns = newton_schulz
-    if compiled:
-        if _ns_compiled is None:  # one compilation per bucket shape (dynamic=False): 3 shapes for GPT-2
-            _ns_compiled = torch.compile(newton_schulz, fullgraph=True, dynamic=False)
-        ns = _ns_compiled
     for (r, c), idx in buckets:
         X = torch.empty((len(idx), r, c), dtype=dtype, device=mats[idx[0]].device)
         # tall matrices enter transposed (NS(Gᵀ) = NS(G)ᵀ), so tall and wide matrices of the same (r, c) share a batch
         srcs = [mats[i].mT if mats[i].size(0) > mats[i].size(1) else mats[i] for i in idx]
         torch._foreach_copy_(list(X.unbind(0)), srcs)
-        yield (r, c), idx, ns(X, steps, coefficients, eps)
+        yield (r, c), idx, newton_schulz(X, steps, coefficients, eps)
 
 
 def orthogonalize(mats: list[torch.Tensor], steps: int = 5, coefficients: str = "kellerjordan",
-                  ns_dtype: str = "auto", eps: float = NS_EPS, distributed: bool | None = None,
-                  compiled: bool = False) -> list[torch.Tensor]:
+                  ns_dtype: str = "auto", eps: float = NS_EPS, distributed: bool | None = None) -> list[torch.Tensor]:
     """NS(M) for every 2-D M in `mats` (returned in the NS dtype, same shapes; may be non-contiguous views).
 
     distributed=None splits the work across ranks when torch.distributed is initialised with world size > 1;
-    False always computes everything locally. compiled=True runs NS through torch.compile.
-    The split result equals the local one: the same matrices are
+    False always computes everything locally. The split result equals the local one: the same matrices are
     batched with different partners, which changes nothing but the floating-point rounding of batched matmuls.
     """
     if not mats:
@@ -178,7 +167,7 @@ def orthogonalize(mats: list[torch.Tensor], steps: int = 5, coefficients: str = 
         out[i] = o.mT if shapes[i][0] > shapes[i][1] else o
 
     if world_size == 1:
-        for _, idx, Y in _run_buckets(mats, plan[0], steps, coefficients, dtype, eps, compiled):
+        for _, idx, Y in _run_buckets(mats, plan[0], steps, coefficients, dtype, eps):
             for j, i in enumerate(idx):
                 place(i, Y[j])
         return out
@@ -188,7 +177,7 @@ def orthogonalize(mats: list[torch.Tensor], steps: int = 5, coefficients: str = 
     width = max(sizes)
     send = torch.zeros(width, dtype=dtype, device=mats[0].device)
     offset = 0
-    for _, idx, Y in _run_buckets(mats, plan[rank], steps, coefficients, dtype, eps, compiled):
+    for _, idx, Y in _run_buckets(mats, plan[rank], steps, coefficients, dtype, eps):
         send[offset:offset + Y.numel()].copy_(Y.reshape(-1))
         offset += Y.numel()
     recv = torch.empty((world_size, width), dtype=dtype, device=mats[0].device)

@@ -8,8 +8,7 @@ Update, per parameter (the EMA form of optax.signum; spec §4):
 
 This is the LionMuon paper's "Signum (P=∞)" (its `signum_fixed` runs: LionMuon with β1 = β2 = 0.9 and no Muon
 steps). The SGD-style buffer m ← μm + g gives the same direction (sign is scale-invariant). Defaults: lr 1e-4
-(the paper's 124M ηL), momentum β 0.9 (optax), weight_decay 0.0. State: one buffer `exp_avg`. foreach ops, or one torch.compile'd fused kernel per tensor
-when compilation is on (the default on CUDA; see base.py and lion.py).
+(the paper's 124M ηL), momentum β 0.9 (optax), weight_decay 0.0. State: one buffer `exp_avg`. foreach ops.
 """
 
 import torch
@@ -33,7 +32,7 @@ class Signum(NanoptimOptimizer):
             if not params:
                 continue
             lr, wd, beta = group["lr"], group["weight_decay"], group["momentum"]
-            signum_update(params, grads, exp_avgs, lr, wd, beta, self._compiled(params[0]))
+            signum_foreach(params, grads, exp_avgs, lr, wd, beta)
             n += sum(p.numel() for p in params)
         return {"matmul": 0, "elementwise": ELEMENTWISE_PER_ELEMENT["signum"] * n}
 
@@ -45,21 +44,3 @@ def signum_foreach(params, grads, exp_avgs, lr, wd, beta):
     update = torch._foreach_sign(exp_avgs)
     torch._foreach_add_(params, update, alpha=-lr)
 
-
-def _signum_loop(params, grads, exp_avgs, lr: float, wd: float, beta: float):
-    for p, g, m in zip(params, grads, exp_avgs):
-        m.lerp_(g, 1.0 - beta)
-        p.mul_(1.0 - lr * wd).sub_(torch.sign(m) * lr)
-
-
-_signum_compiled = None
-
-
-def signum_update(params, grads, exp_avgs, lr, wd, beta, compiled: bool):
-    """Signum on lists of tensors: one compiled fused kernel per tensor, or signum_foreach."""
-    global _signum_compiled
-    if not compiled:
-        return signum_foreach(params, grads, exp_avgs, lr, wd, beta)
-    if _signum_compiled is None:
-        _signum_compiled = torch.compile(_signum_loop, fullgraph=True, dynamic=False)
-    _signum_compiled(params, grads, exp_avgs, float(lr), float(wd), float(beta))
