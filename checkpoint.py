@@ -1,14 +1,27 @@
-"""Checkpoints: atomic writes, keep-last-N, and loading that never trusts a half-written or foreign file.
+"""Checkpoints: atomic, checksummed writes, keep-last-N, and loading that never trusts a half-written or foreign file.
 
-A checkpoint is one file `RUN_DIR/ckpt_<step:08d>.pt` holding a dict of tensors and plain Python values
-(model and optimizer state dicts, step, RNG states, counters, the resolved config). It is written to a
-temporary name, fsynced, then renamed: the rename is the commit point, so a crash mid-write leaves only a
-`.tmp` file that is never loaded. Files are read with `torch.load(weights_only=True)`, which refuses pickled
-code. `step` in a checkpoint is the number of optimizer steps already taken (the next step to run).
+A checkpoint after `step` optimizer steps (the next step to run) is a pair of files in the run directory:
+
+    ckpt_00000100.pt       torch.save of a dict: model and optimizer state dicts, step, RNG states, counters, config
+    ckpt_00000100.sha256   "<sha256>  ckpt_00000100.pt" (`sha256sum` format): the completed-marker, like llm.c's
+                           DONE_<step> file, but it also pins the exact bytes (`sha256sum -c` checks it by hand)
+
+Write protocol (save_checkpoint), each stage committed by an fsync + rename:
+  1. torch.save streams into ckpt_X.pt.tmp while the bytes are hashed; fsync.
+  2. the marker ckpt_X.sha256 is written (tmp, fsync, rename).
+  3. ckpt_X.pt.tmp is renamed to ckpt_X.pt and the directory fsynced.
+  4. checkpoints beyond keep_last are deleted, .pt first, marker second.
+A crash (SIGKILL, power loss) at any point therefore leaves a `.tmp` file, a marker without its .pt, or a complete
+pair; the first two are ignored and cleaned up. Because the marker is written *before* the .pt appears, a .pt
+without a marker was not written by this protocol (a foreign or damaged file), and one whose SHA-256
+differs from its marker was damaged or altered; such files are never loaded. A good checkpoint is then read
+with torch.load(weights_only=True), which refuses pickled code (a malicious .pt cannot run anything).
 """
 
 import glob
+import hashlib
 import os
+import pickle
 import re
 
 import torch
@@ -17,14 +30,20 @@ from errors import CheckpointError
 
 CKPT_PATTERN = re.compile(r"^ckpt_(\d{8})\.pt$")
 FORMAT_VERSION = 1
+HASH_CHUNK = 1 << 24  # read 16 MiB at a time when verifying
 
 
 def checkpoint_path(run_dir: str, step: int) -> str:
     return os.path.join(run_dir, f"ckpt_{step:08d}.pt")
 
 
+def marker_path(ckpt_path: str) -> str:
+    """ckpt_X.pt -> ckpt_X.sha256 (the completed-marker)."""
+    return ckpt_path[:-len(".pt")] + ".sha256" if ckpt_path.endswith(".pt") else ckpt_path + ".sha256"
+
+
 def list_checkpoints(run_dir: str) -> list[tuple[int, str]]:
-    """(step, path) of the committed checkpoints in run_dir, newest first."""
+    """(step, path) of every ckpt_<step>.pt in run_dir, newest first, good or not (see checkpoint_problem)."""
     found = []
     for path in glob.glob(os.path.join(glob.escape(run_dir), "ckpt_*.pt")):
         m = CKPT_PATTERN.match(os.path.basename(path))
@@ -34,6 +53,7 @@ def list_checkpoints(run_dir: str) -> list[tuple[int, str]]:
 
 
 def _fsync_dir(path: str) -> None:
+    # The rename is only durable once the directory entry is on disk (ext4/xfs need this after a rename).
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -46,9 +66,16 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str, write_fn) -> None:
-    """Call write_fn(file) on `path + '.tmp'`, fsync, rename over `path`. On any error the old `path` is untouched."""
-    tmp = path + ".tmp"
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def atomic_write_bytes(path: str, write_fn, tmp: str | None = None) -> None:
+    """Call write_fn(file) on `path + '.tmp'` (or `tmp`), fsync, rename over `path`. On any error `path` is untouched."""
+    tmp = tmp or path + ".tmp"
     try:
         with open(tmp, "wb") as f:
             write_fn(f)
@@ -56,46 +83,127 @@ def atomic_write_bytes(path: str, write_fn) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
+        _remove_quietly(tmp)
         raise
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
-def save_checkpoint(run_dir: str, state: dict, keep_last: int) -> str:
-    """Write state atomically as ckpt_<state['step']>.pt, then delete all but the newest keep_last checkpoints.
+class _HashingWriter:
+    """A write-only file wrapper that hashes what passes through (torch.save needs only write and flush).
 
-    Raises CheckpointError (with the previous checkpoints intact) if the write fails, e.g. disk full.
+    It also remembers an OSError from the file: torch.save's C++ writer turns it into a RuntimeError that no
+    longer says "No space left on device", so save_checkpoint re-raises the original.
+    """
+
+    def __init__(self, f):
+        self.f, self.sha, self.error = f, hashlib.sha256(), None
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def file_sha256(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def save_checkpoint(run_dir: str, state: dict, keep_last: int) -> str:
+    """Write state as ckpt_<state['step']>.pt + its .sha256 marker (protocol in the module docstring), then delete
+    all but the newest keep_last checkpoints. Returns the .pt path.
+
+    Raises CheckpointError, with the previous checkpoints intact, if a write fails (disk full, read-only or
+    unwritable run directory).
     """
     state = dict(state, format_version=FORMAT_VERSION)
     path = checkpoint_path(run_dir, state["step"])
+    tmp, marker = path + ".tmp", marker_path(path)
     try:
-        atomic_write_bytes(path, lambda f: torch.save(state, f))
+        try:
+            with open(tmp, "wb") as f:
+                w = _HashingWriter(f)
+                try:
+                    torch.save(state, w)
+                except Exception:
+                    if w.error is not None:
+                        raise w.error from None
+                    raise
+                f.flush()
+                os.fsync(f.fileno())
+            if os.path.exists(path):  # re-saving a step: the old pair must not look complete with the new marker
+                os.remove(path)
+            name = os.path.basename(path)
+            atomic_write_bytes(marker, lambda m: m.write(f"{w.sha.hexdigest()}  {name}\n".encode()))
+            os.replace(tmp, path)
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
     except OSError as e:
         raise CheckpointError(
             f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoint is intact; "
             f"free disk space or fix permissions of {run_dir}, then rerun the same command to resume") from None
+    _fsync_dir(os.path.abspath(run_dir))
     for _, old in list_checkpoints(run_dir)[keep_last:]:
-        try:
-            os.remove(old)
-        except OSError:
-            pass
+        _remove_quietly(old)  # the .pt first: a crash in between leaves a lone marker, which is ignored
+        _remove_quietly(marker_path(old))
     return path
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Load one checkpoint file safely (weights_only=True); strip torch.compile/DDP prefixes from the model keys."""
+def checkpoint_problem(path: str) -> str | None:
+    """Why `path` is not a complete checkpoint written by save_checkpoint (None = its marker matches it)."""
+    marker = marker_path(path)
+    if not os.path.isfile(marker):
+        return (f"it has no completion marker {os.path.basename(marker)}, so it was not written (or not finished) "
+                f"by train.py")
+    try:
+        with open(marker, encoding="utf-8", errors="replace") as f:
+            expected = f.read().split()
+    except OSError as e:
+        return f"its marker {os.path.basename(marker)} cannot be read ({e.strerror or e})"
+    if len(expected) != 2 or expected[1] != os.path.basename(path) or not re.fullmatch(r"[0-9a-f]{64}", expected[0]):
+        return f"its marker {os.path.basename(marker)} is malformed"
+    if file_sha256(path) != expected[0]:
+        return "its SHA-256 does not match its marker (the file is damaged or was altered)"
+    return None
+
+
+def load_checkpoint(path: str, map_location="cpu", verify: bool = True) -> dict:
+    """Load one checkpoint file safely; strip torch.compile/DDP prefixes from the model keys.
+
+    verify=True checks the .sha256 marker first (required); verify=False skips it for a file the caller already
+    verified, or for a lone .pt copied out of a run directory (sample.py), still with weights_only=True.
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist; pass a ckpt_*.pt file or a run directory")
+    if verify:
+        problem = checkpoint_problem(path)
+        if problem:
+            raise CheckpointError(f"{path} is not a usable checkpoint: {problem}; delete it, or if you trust it, "
+                                  f"recreate the marker with `sha256sum {os.path.basename(path)} > "
+                                  f"{os.path.basename(marker_path(path))}` in its directory")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle means "not a usable checkpoint"
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        if isinstance(e, pickle.UnpicklingError) and lines and lines[0].startswith("Weights only load failed"):
+            # torch's message suggests weights_only=False; name the refused object instead.
+            why = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0])
+            raise CheckpointError(f"{path} holds pickled objects that safe loading refuses ({why[:200]}); it was not "
+                                  f"written by train.py, so do not load it unless you trust its source") from None
+        first = lines[0][:200] if lines else type(e).__name__
         raise CheckpointError(f"{path} is not a readable nanoptim checkpoint ({first}); "
                               f"delete it or point to another checkpoint") from None
-    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "step" not in state:
         raise CheckpointError(f"{path} is not a nanoptim checkpoint (no model/step entries); "
                               f"point to a ckpt_*.pt written by train.py")
     state["model"] = strip_prefixes(state["model"])
@@ -113,21 +221,74 @@ def strip_prefixes(state_dict: dict) -> dict:
     return out
 
 
-def load_latest(run_dir: str, map_location="cpu", log=print) -> dict | None:
-    """The newest checkpoint in run_dir that loads; unreadable ones are reported and skipped. None if none."""
+def find_latest_good(run_dir: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """(path of the newest checkpoint whose marker matches, or None; [(path, problem)] of the newer bad ones)."""
+    bad = []
     for _, path in list_checkpoints(run_dir):
-        try:
-            return load_checkpoint(path, map_location)
-        except CheckpointError as e:
-            log(f"warning: skipping {e}")
-    return None
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, bad
+        bad.append((path, problem))
+    return None, bad
+
+
+def load_latest(run_dir: str, map_location="cpu") -> tuple[dict | None, list[tuple[str, str]]]:
+    """(the newest good checkpoint in run_dir or None, [(path, problem)] of the bad checkpoints newer than it).
+
+    The state's "path" entry says which file it came from. A bad checkpoint is a .pt without a matching marker,
+    or one that fails to unpickle. The caller decides what to do with the bad ones (train.py renames them with
+    set_aside once it has checked that the good one fits). If the run directory holds checkpoints and none of them
+    is good, raises CheckpointError rather than letting the run silently start over. Writes nothing.
+    """
+    problems = []  # (path, problem) of the bad checkpoints newer than the one being tried
+    for _, path in list_checkpoints(run_dir):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            try:
+                state = load_checkpoint(path, map_location, verify=False)  # checkpoint_problem just verified it
+            except CheckpointError as e:
+                problem = str(e)
+            else:
+                state["path"] = path
+                return state, problems
+        problems.append((path, problem))
+    if problems:
+        path, problem = problems[0]
+        raise CheckpointError(f"{run_dir} holds checkpoints but none is usable ({os.path.basename(path)}: "
+                              f"{problem}); delete the bad ckpt_*.pt files to start over, or use another "
+                              f"--logging.run_dir")
+    return None, []
+
+
+def set_aside(path: str, problem: str, log=print) -> None:
+    """Rename a bad checkpoint to *.pt.corrupt: kept for inspection, never listed (so keep_last ignores it)."""
+    log(f"warning: not resuming from {path}: {problem}; renamed it to {os.path.basename(path)}.corrupt")
+    os.replace(path, path + ".corrupt")
+    _remove_quietly(marker_path(path))
+
+
+def clean_incomplete(run_dir: str) -> list[str]:
+    """Delete what a crashed write leaves behind: *.tmp files and markers without their .pt. Returns the paths."""
+    removed = []
+    for tmp in glob.glob(os.path.join(glob.escape(run_dir), "*.tmp")):
+        _remove_quietly(tmp)
+        removed.append(tmp)
+    for marker in glob.glob(os.path.join(glob.escape(run_dir), "ckpt_*.sha256")):
+        if not os.path.exists(marker[:-len(".sha256")] + ".pt"):
+            _remove_quietly(marker)
+            removed.append(marker)
+    return removed
 
 
 def resolve_checkpoint(path: str) -> str:
-    """A ckpt file, or a run dir (→ its newest checkpoint). For sample.py and --resume-from style use."""
+    """A ckpt file, or a run dir (→ its newest good checkpoint). For sample.py and --resume-from style use."""
     if os.path.isdir(path):
-        found = list_checkpoints(path)
-        if not found:
+        if not list_checkpoints(path):
             raise CheckpointError(f"{path} holds no checkpoint (ckpt_*.pt); train first or pass another run dir")
-        return found[0][1]
+        good, bad = find_latest_good(path)
+        if good is None:
+            p, problem = bad[0]
+            raise CheckpointError(f"{path} holds no usable checkpoint ({os.path.basename(p)}: {problem}); "
+                                  f"pass another run dir or a ckpt_*.pt file")
+        return good
     return path

@@ -6,8 +6,16 @@
 #   bash run.sh configs/gpt2_124m_adamw.toml --optimizer.name=lion --optimizer.lr=1e-4
 #
 # Environment: NPROC (processes per node; default = number of GPUs, or 1 without GPUs),
-# NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT for multi-node runs, MAX_RESTARTS (torchrun restarts of a
-# failed worker group; each restart resumes from the last checkpoint), PYTHON (default python3).
+# NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT for multi-node runs (one node: a free port is picked unless
+# MASTER_PORT is set), PYTHON (default python3), MAX_RESTARTS (default 3).
+#
+# Crashes restart, bad input does not. A worker that dies (segfault, OOM kill, NCCL/Xid error, SIGKILL) makes
+# torchrun restart the whole group (--max-restarts=MAX_RESTARTS), and the restarted group resumes from the last
+# good checkpoint; a single process is restarted the same way by the loop below. An error that a restart cannot
+# fix (exit code 2: bad config or data, non-finite loss, disk full) is not retried: the worker records it in
+# NANOPTIM_FATAL_FILE, restarted workers fail at once, and run.sh prints it as one `error:` line, exit code 2.
+# MAX_RESTARTS counts over the whole launch (torchrun never resets it); a run that crashes more often than that
+# stops and resumes when the same command is run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -36,20 +44,50 @@ if [ -z "${NPROC:-}" ]; then
   [ "$NPROC" -gt 0 ] || NPROC=1
 fi
 NNODES=${NNODES:-1}
+MAX_RESTARTS=${MAX_RESTARTS:-3}
+NANOPTIM_FATAL_FILE=$(mktemp -u "${TMPDIR:-/tmp}/nanoptim-fatal.XXXXXXXX")
+export NANOPTIM_FATAL_FILE
+trap 'rm -f "$NANOPTIM_FATAL_FILE"' EXIT
+
+rc=0
 if [ "$NPROC" -eq 1 ] && [ "$NNODES" -eq 1 ]; then
-  $PY train.py "$CONFIG" "${OVERRIDES[@]}"
+  attempt=0
+  while true; do
+    rc=0
+    $PY train.py "$CONFIG" "${OVERRIDES[@]}" || rc=$?
+    # 0 done, 2 user error (one line already printed), 130/143 interrupted by the user or the scheduler
+    case $rc in 0|2|130|143) break ;; esac
+    [ "$attempt" -lt "$MAX_RESTARTS" ] || break
+    attempt=$((attempt + 1))
+    echo "train.py exited with code $rc; restart $attempt of $MAX_RESTARTS (resuming from the last checkpoint)"
+  done
 else
-  torchrun --nnodes="$NNODES" --node_rank="${NODE_RANK:-0}" --nproc_per_node="$NPROC" \
-    --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-29500}" \
-    --max-restarts="${MAX_RESTARTS:-0}" train.py "$CONFIG" "${OVERRIDES[@]}"
+  if [ "$NNODES" -eq 1 ] && [ -z "${MASTER_PORT:-}" ]; then
+    RDZV=(--standalone)  # a free port: two runs on one machine do not collide
+  else
+    RDZV=(--nnodes="$NNODES" --node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}"
+          --master_port="${MASTER_PORT:-29500}")
+  fi
+  $PY -m torch.distributed.run "${RDZV[@]}" --nproc_per_node="$NPROC" --max-restarts="$MAX_RESTARTS" \
+    train.py "$CONFIG" "${OVERRIDES[@]}" || rc=$?
+  if [ "$rc" -ne 0 ] && [ -f "$NANOPTIM_FATAL_FILE" ]; then
+    echo "error: $(cut -d' ' -f2- "$NANOPTIM_FATAL_FILE" | head -n 1)" >&2
+    rc=2
+  fi
 fi
+[ "$rc" -eq 0 ] || exit "$rc"
 
 # The summary, and a sample from the trained model (rank 0's node only).
 if [ "${NODE_RANK:-0}" -eq 0 ] && [ -f "$RUN_DIR/final.json" ]; then
-  $PY -c 'import json, sys; s = json.load(open(sys.argv[1]))
-print(f"final val loss {s[\"final_val_loss\"]:.4f} (best {s[\"best_val_loss\"]:.4f}) after {s[\"steps\"]} steps, "
-      f"{s[\"tokens\"]:,} tokens, {s[\"total_flops\"]:.3e} FLOPs, {s[\"elapsed_s\"]:.0f}s")' "$RUN_DIR/final.json"
-  $PY sample.py --ckpt "$RUN_DIR" --num_samples 1 --max_new_tokens 100 > "$RUN_DIR/sample.txt"
-  echo "sample written to $RUN_DIR/sample.txt:"
-  head -c 600 "$RUN_DIR/sample.txt"; echo
+  $PY -c 'import json, sys
+print("final val loss {final_val_loss:.4f} (best {best_val_loss:.4f}) after {steps} steps, {tokens:,} tokens, "
+      "{total_flops:.3e} FLOPs, {elapsed_s:.0f}s".format(**json.load(open(sys.argv[1]))))' "$RUN_DIR/final.json"
+  # A sample is a bonus: a model that cannot be sampled (e.g. not trained on GPT-2 tokens) still finished its run.
+  if $PY sample.py --ckpt "$RUN_DIR" --num_samples 1 --max_new_tokens 100 > "$RUN_DIR/sample.txt"; then
+    echo "sample written to $RUN_DIR/sample.txt:"
+    head -c 600 "$RUN_DIR/sample.txt"; echo
+  else
+    rm -f "$RUN_DIR/sample.txt"
+    echo "no sample (see the error above); the training run itself completed"
+  fi
 fi

@@ -2,11 +2,15 @@
 
     python sample.py --ckpt out/tiny_cpu --prompt "ROMEO:" --num_samples 2 --max_new_tokens 100 --seed 1
 
---ckpt takes a run directory (its newest checkpoint) or a ckpt_*.pt file. The output is a deterministic
-function of the checkpoint, the arguments and --seed (sampling uses its own torch.Generator).
+--ckpt takes a run directory (its newest good checkpoint: one whose .sha256 marker matches) or a ckpt_*.pt file
+(checked against its marker when the marker is next to it; a lone copied .pt is still read with weights_only=True).
+The output is a deterministic function of the checkpoint, the arguments and --seed (sampling uses its own
+torch.Generator). Bad input (no checkpoint, a damaged or foreign file, an empty or too-long prompt) is reported as
+one `error:` line with exit code 2.
 """
 
 import argparse
+import os
 import sys
 
 import torch
@@ -20,7 +24,8 @@ EOT = 50256  # GPT-2's <|endoftext|>: the prompt when none is given
 
 
 def load_model(path: str, device: str) -> tuple[GPT, dict]:
-    state = ckpt.load_checkpoint(ckpt.resolve_checkpoint(path))
+    file = ckpt.resolve_checkpoint(path)  # a run dir resolves to a checkpoint whose marker it has just verified
+    state = ckpt.load_checkpoint(file, verify=not os.path.isdir(path) and os.path.exists(ckpt.marker_path(file)))
     if "model_config" not in state:
         raise CheckpointError(f"{path} has no model_config entry; it was not written by train.py")
     try:
@@ -51,21 +56,23 @@ def main(argv=None):
     if args.top_k < 0:
         raise ConfigError(f"--top_k {args.top_k} must be >= 0 (0 disables top-k filtering)")
 
+    if args.prompt is not None and not args.prompt.strip():
+        raise ConfigError("--prompt is empty; pass some text, or omit --prompt to start a new document")
+
     model, _ = load_model(args.ckpt, args.device)
     enc = get_gpt2_encoding()
-    if args.prompt is None:
-        ids = [EOT]
-    else:
-        if not args.prompt.strip():
-            raise ConfigError("--prompt is empty; pass some text, or omit --prompt to start a new document")
-        ids = enc.encode(args.prompt, allowed_special={"<|endoftext|>"})
-        if len(ids) >= model.config.block_size:
-            raise ConfigError(f"--prompt is {len(ids)} tokens, but the model's context is {model.config.block_size}; "
-                              f"shorten the prompt")
+    ids = [EOT] if args.prompt is None else enc.encode(args.prompt, allowed_special={"<|endoftext|>"})
+    if len(ids) >= model.config.block_size:
+        raise ConfigError(f"--prompt is {len(ids)} tokens, but the model's context is {model.config.block_size}; "
+                          f"shorten the prompt")
+    if max(ids) >= model.config.vocab_size:
+        raise CheckpointError(f"{args.ckpt} has vocab_size {model.config.vocab_size}, too small for GPT-2 tokens "
+                              f"(the prompt holds id {max(ids)}); sample from a model trained on GPT-2 tokens")
     idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=args.device)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     out = model.generate(idx, args.max_new_tokens, temperature=args.temperature,
-                         top_k=args.top_k or None, generator=gen, valid_vocab=enc.n_vocab)
+                         top_k=args.top_k or None, generator=gen,
+                         valid_vocab=min(enc.n_vocab, model.config.vocab_size))
     texts = []
     for row in out.tolist():
         text = enc.decode(row)

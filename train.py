@@ -16,6 +16,7 @@ final.json. Rerunning the same command continues from the last good checkpoint, 
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint as ckpt
 from config import differences, load_config, to_dict, to_toml
 from data.loader import TokenDataset, train_batch, val_batches
-from errors import CheckpointError, ConfigError, NanoptimError, main_guard
+from errors import CheckpointError, ConfigError, DataError, NanoptimError, main_guard
 from flops import FlopsCounter, model_flops_per_token, peak_flops
 from metrics import MetricsLogger
 from model import GPT, model_config
@@ -37,7 +38,21 @@ from optimizers import build_optimizer
 
 
 class NonFiniteError(NanoptimError):
-    """The loss or gradient became inf/NaN and train.nonfinite = "stop"."""
+    """The loss, a gradient or the weights became inf/NaN and the run cannot (or may not) skip past it."""
+
+
+class RunDirError(NanoptimError):
+    """The run directory cannot be written: disk full, quota, read-only filesystem, permissions."""
+
+
+ERRORS = {cls.__name__: cls for cls in (NanoptimError, ConfigError, DataError, CheckpointError, NonFiniteError,
+                                        RunDirError)}
+# train.nonfinite = "skip" gives up after this many skipped steps in a row: a run that cannot take a single good
+# step any more (e.g. fp overflow on every batch) should stop at its last good checkpoint, not spin to max_steps.
+MAX_SKIPS_IN_A_ROW = 10
+# Set by run.sh under torchrun: where a worker records a user error, so that torchrun's restart (meant for crashes)
+# fails at once instead of re-running a deterministic failure --max-restarts times.
+FATAL_FILE_ENV = "NANOPTIM_FATAL_FILE"
 
 
 def lr_factor(step: int, s, max_steps: int) -> float:
@@ -77,6 +92,66 @@ def setup_distributed(device_choice: str):
         device = torch.device("cpu")
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
     return True, rank, local_rank, world_size, device
+
+
+def _agree(ddp: bool, fn):
+    """fn() on every rank. If it raises a NanoptimError on any rank, every rank raises it: no rank is left waiting in
+    a collective for a peer that has already exited, and every rank reports the same one-line error."""
+    error, result = None, None
+    try:
+        result = fn()
+    except NanoptimError as e:
+        error = e
+    if ddp:
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, None if error is None else (type(error).__name__, str(error)))
+        first = next((e for e in errors if e is not None), None)
+        if first is not None and error is None:
+            error = ERRORS.get(first[0], NanoptimError)(first[1])
+    if error is not None:
+        raise error
+    return result
+
+
+def _from_master(ddp: bool, master: bool, fn):
+    """fn() on rank 0 only; its (small, picklable) result, or its NanoptimError, reaches every rank."""
+    box = [None]
+    if master:
+        try:
+            box = [("ok", fn())]
+        except NanoptimError as e:
+            box = [("error", type(e).__name__, str(e))]
+    if ddp:
+        dist.broadcast_object_list(box, src=0)
+    if box[0][0] == "error":
+        raise ERRORS.get(box[0][1], NanoptimError)(box[0][2])
+    return box[0][1]
+
+
+def _last_good(path: str | None) -> str:
+    return f"the last good checkpoint {path} is intact" if path else "no checkpoint had been written yet"
+
+
+def _params_finite(params) -> bool:
+    return bool(torch.stack([p.detach().isfinite().all() for p in params]).all())
+
+
+def check_checkpoint_fits(state: dict, path: str, mcfg, cfg) -> None:
+    """Refuse a checkpoint written for another model shape or another optimizer, naming the difference."""
+    saved = state.get("model_config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} has no model_config entry, so it was not written by train.py; "
+                              f"use another --logging.run_dir")
+    ours = vars(mcfg)
+    changed = [f"{k} {saved.get(k)!r} -> {ours[k]!r}" for k in ours if k != "dropout" and saved.get(k) != ours[k]]
+    if changed:
+        raise CheckpointError(f"{path} was written for a different model ({', '.join(changed)}); resume with the "
+                              f"same model settings, or use another --logging.run_dir")
+    saved_opt = ((state.get("config") or {}).get("optimizer") or {}).get("name")
+    if saved_opt != cfg.optimizer.name:
+        raise CheckpointError(f"{path} holds {saved_opt!r} optimizer state, but optimizer.name = "
+                              f"{cfg.optimizer.name!r}; resume with --optimizer.name={saved_opt}, or use another "
+                              f"--logging.run_dir")
 
 
 def check_run_dir(run_dir: str, cfg, log) -> None:
@@ -133,12 +208,11 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
                           f"micro_batch or batch_tokens")
     accum = global_seqs // per_step
 
+    # Setup reads and checks everything (data, run dir, checkpoint) before writing anything, so bad input leaves the
+    # run directory exactly as it was. Under DDP every rank raises the same error (_agree / _from_master).
     run_dir = cfg.logging.run_dir
-    if master:
-        os.makedirs(run_dir, exist_ok=True)
-        check_run_dir(run_dir, cfg, log)
-    train_ds = TokenDataset(cfg.data.dir, "train", seq_len, mcfg.vocab_size)
-    val_ds = TokenDataset(cfg.data.dir, "val", seq_len, mcfg.vocab_size)
+    train_ds, val_ds = _agree(ddp, lambda: (TokenDataset(cfg.data.dir, "train", seq_len, mcfg.vocab_size),
+                                            TokenDataset(cfg.data.dir, "val", seq_len, mcfg.vocab_size)))
     val_set = val_batches(val_ds, cfg.data.val_tokens, micro_batch, rank, world_size)
 
     # Precision: bf16 autocast on GPU (weights and optimizer stay fp32), plain fp32 on CPU.
@@ -154,22 +228,52 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
     for group in optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])
 
-    counters = FlopsCounter(model_flops_per_token(mcfg))
-    elapsed_s = 0.0  # training compute time (evaluation and checkpointing excluded), summed over resumes
-    start_step, best_val, skipped = 0, float("inf"), 0
+    # Rank 0 decides what to resume from (the run dir may be on a filesystem only it writes); the others load the
+    # same file. state stays on rank 0; only the path and the list of bad newer checkpoints are broadcast.
     state = None
-    if os.path.isdir(run_dir) and ckpt.list_checkpoints(run_dir):
-        if cfg.checkpoint.resume == "never":
+
+    def choose_checkpoint():
+        nonlocal state
+        if not os.path.isdir(run_dir):
+            return None, []
+        check_run_dir(run_dir, cfg, log)
+        if ckpt.list_checkpoints(run_dir) and cfg.checkpoint.resume == "never":
             raise ConfigError(f"{run_dir} already holds checkpoints and checkpoint.resume = 'never'; "
                               f"use another --logging.run_dir or --checkpoint.resume=auto")
-        state = ckpt.load_latest(run_dir, map_location="cpu", log=log)
-    if state is not None:
+        state, bad = ckpt.load_latest(run_dir, map_location="cpu")
+        return (state["path"] if state else None), bad
+
+    resume_path, bad_checkpoints = _from_master(ddp, master, choose_checkpoint)
+
+    def apply_checkpoint():
+        nonlocal state
+        if resume_path is None:
+            return
+        if state is None:  # not rank 0
+            if not os.path.isfile(resume_path):
+                raise CheckpointError(f"rank {rank} cannot see {resume_path}, which rank 0 resumes from; put "
+                                      f"logging.run_dir on a filesystem that every node shares")
+            state = ckpt.load_checkpoint(resume_path, map_location="cpu", verify=False)  # rank 0 verified it
+        check_checkpoint_fits(state, resume_path, mcfg, cfg)
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint in {run_dir} does not fit this model/optimizer "
+            raise CheckpointError(f"{resume_path} does not fit this model/optimizer "
                                   f"({str(e).splitlines()[0][:160]}); use another --logging.run_dir") from None
+        # load_state_dict also restores the saved hyperparameters; the config's own win (they are equal unless
+        # checkpoint.allow_config_change let them change). Counters the optimizer keeps in its groups stay.
+        for group, new in zip(optimizer.param_groups, fresh):
+            group.update({k: v for k, v in new.items() if k not in ("step", "lr")})
+
+    _agree(ddp, apply_checkpoint)
+
+    counters = FlopsCounter(model_flops_per_token(mcfg))
+    elapsed_s = 0.0  # training compute time (evaluation and checkpointing excluded), summed over resumes
+    start_step, best_val, skipped = 0, float("inf"), 0
+    last_ckpt = resume_path  # the newest good checkpoint, named in the non-finite error
+    if state is not None:
         start_step, best_val = state["step"], state["best_val_loss"]
         counters.load_state_dict(state["counters"])
         elapsed_s, skipped = state["elapsed_s"], state["skipped_steps"]
@@ -177,7 +281,14 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
         if device_type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"][rank % len(state["rng"]["cuda"])])
         log(f"resumed from step {start_step} in {run_dir}")
+        state = None  # free the CPU copy of the weights and optimizer state
+
+    # From here on the run directory is written.
     if master:
+        os.makedirs(run_dir, exist_ok=True)
+        for path, problem in bad_checkpoints:
+            ckpt.set_aside(path, problem, log)
+        ckpt.clean_incomplete(run_dir)  # leftovers of a write that a crash interrupted
         ckpt.atomic_write_bytes(os.path.join(run_dir, "config.toml"), lambda f: f.write(to_toml(cfg).encode()))
 
     raw_model = model
@@ -189,7 +300,7 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
     logger = MetricsLogger(run_dir, to_dict(cfg), wandb_mode=cfg.logging.wandb, project=cfg.logging.wandb_project,
                            run_name=cfg.logging.run_name or os.path.basename(os.path.normpath(run_dir)),
                            group=cfg.logging.group, enabled=master,
-                           resume_step=start_step - 1 if state is not None else None)
+                           resume_step=start_step - 1 if resume_path is not None else None)
     flops_per_token = counters.model_flops_per_token
     peak = peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
     n_params = raw_model.param_counts()
@@ -212,6 +323,14 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
         return (total[0] / total[1]).item()
 
     def save(step: int) -> None:
+        nonlocal last_ckpt
+        # Never let a checkpoint with inf/NaN weights become "the last good checkpoint" (every rank checks, so
+        # every rank stops together; the weights are identical on all ranks).
+        if not _params_finite(params):
+            raise NonFiniteError(f"the weights became non-finite by step {step}, so no checkpoint was written "
+                                 f"({_last_good(last_ckpt)}); lower optimizer.lr and resume from it with "
+                                 f"--checkpoint.allow_config_change=true")
+        last_ckpt = ckpt.checkpoint_path(run_dir, step)
         if not master:
             return
         rng = {"torch": torch.get_rng_state(),
@@ -227,6 +346,7 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
 
     params = [p for p in raw_model.parameters() if p.requires_grad]
     max_steps, last_val = tc.max_steps, None
+    skips_in_a_row = 0
     window_s, window_tokens = 0.0, 0  # compute time and tokens since the last log line (for tokens/s)
     for step in range(start_step, max_steps):
         factor = lr_factor(step, cfg.schedule, max_steps)
@@ -255,15 +375,24 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"),
                                                    foreach=True).item()
         if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
+            # Every rank sees the same all-reduced loss and gradient norm, so every rank takes the same branch.
             optimizer.zero_grad(set_to_none=True)
+            what = "loss" if not math.isfinite(train_loss) else "gradient"
             if tc.nonfinite == "stop":
-                last = ckpt.list_checkpoints(run_dir)
-                where = f"the last good checkpoint {last[0][1]} is intact" if last else "no checkpoint was written"
-                raise NonFiniteError(f"non-finite {'loss' if not math.isfinite(train_loss) else 'gradient'} at step "
-                                     f"{step} ({where}); lower the learning rate, or set --train.nonfinite=skip")
-            skipped += 1
-            log(f"step {step}: non-finite loss/gradient, update skipped ({skipped} so far)")
+                raise NonFiniteError(f"non-finite {what} at step {step} ({_last_good(last_ckpt)}); lower the "
+                                     f"learning rate, or set --train.nonfinite=skip to skip such steps")
+            if not _params_finite(params):
+                raise NonFiniteError(f"non-finite {what} at step {step} because the weights are non-finite, which "
+                                     f"skipping cannot repair ({_last_good(last_ckpt)}); lower optimizer.lr and "
+                                     f"resume from it with --checkpoint.allow_config_change=true")
+            skipped, skips_in_a_row = skipped + 1, skips_in_a_row + 1
+            if skips_in_a_row > MAX_SKIPS_IN_A_ROW:
+                raise NonFiniteError(f"non-finite {what} at {skips_in_a_row} steps in a row, up to step {step} "
+                                     f"({_last_good(last_ckpt)}); lower the learning rate and resume from it with "
+                                     f"--checkpoint.allow_config_change=true")
+            log(f"step {step}: non-finite {what}, update skipped (train.nonfinite = skip; {skipped} skipped so far)")
         else:
+            skips_in_a_row = 0
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             counters.add_step(tc.batch_tokens, optimizer.last_step_flops())
@@ -308,16 +437,59 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
     return summary
 
 
+def _check_earlier_fatal_error() -> None:
+    """Under run.sh's torchrun, a restarted worker group whose previous attempt stopped on a user error (bad input,
+    non-finite loss, disk full) fails at once: restarting cannot fix it, only re-run it --max-restarts times."""
+    path = os.environ.get(FATAL_FILE_ENV)
+    if path and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and os.path.isfile(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            kind, _, message = f.read().strip().partition(" ")
+        raise ERRORS.get(kind, NanoptimError)(f"{message} (an earlier attempt stopped on this; not retried)")
+
+
+def _record_fatal_error(e: NanoptimError) -> None:
+    path = os.environ.get(FATAL_FILE_ENV)
+    if not path:
+        return
+    try:  # every rank may get here: a private tmp name per process, then an atomic rename
+        ckpt.atomic_write_bytes(path, lambda f: f.write(f"{type(e).__name__} {e}\n".encode()),
+                                tmp=f"{path}.{os.getpid()}.tmp")
+    except OSError:
+        pass  # best effort: without it torchrun merely retries
+
+
+def _run_dir_error(e: OSError, run_dir: str) -> RunDirError | None:
+    """A one-line RunDirError for an OSError that means "the run directory cannot be written", else None."""
+    disk = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    where = os.path.abspath(e.filename) if isinstance(e.filename, str) else None
+    inside = where is not None and where.startswith(os.path.abspath(run_dir) + os.sep)
+    if not (disk or (inside and e.errno in (errno.EACCES, errno.EPERM))):
+        return None
+    return RunDirError(f"could not write {where or 'to ' + run_dir} ({e.strerror or e}); the last good checkpoint "
+                       f"is intact; free disk space or fix permissions of {run_dir}, then rerun the same command to "
+                       f"resume")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Overrides: --section.key=value, e.g. --optimizer.name=lion --train.max_steps=100")
     parser.add_argument("config", nargs="?", default=None, help="TOML config (default: configs/tiny_cpu.toml)")
     args, overrides = parser.parse_known_args(argv)
-    cfg = load_config(args.config, overrides)
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(to_toml(cfg))
-    summary = train(cfg)
-    return summary
+    try:
+        _check_earlier_fatal_error()
+        cfg = load_config(args.config, overrides)
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(to_toml(cfg))
+        try:
+            return train(cfg)
+        except OSError as e:
+            err = _run_dir_error(e, cfg.logging.run_dir)
+            if err is None:
+                raise
+            raise err from None
+    except NanoptimError as e:
+        _record_fatal_error(e)
+        raise
 
 
 if __name__ == "__main__":
