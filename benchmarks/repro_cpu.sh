@@ -1,0 +1,297 @@
+#!/usr/bin/env bash
+# The CPU-scale reproduction of the LionMuon paper's optimizer comparison (docs/results/README.md): the exact
+# commands behind everything in docs/results/. Rerunnable: a finished run (its final.json exists) is skipped, an
+# interrupted one resumes from its checkpoint (train.py), so rerun the same command after a crash or Ctrl-C.
+#
+#   bash benchmarks/repro_cpu.sh              # check + sweep + final + report (~1.5-2.5 h on 2 shared cores)
+#   bash benchmarks/repro_cpu.sh check        # the 10 configs differ only in [optimizer] and logging.run_dir
+#   bash benchmarks/repro_cpu.sh sweep [1|2|3]  # LR sweeps (all phases or one), 50 steps, seed 0: OUT/sweep_<method>/
+#   bash benchmarks/repro_cpu.sh final        # configs/repro_cpu_<method>.toml x seeds 1, 2, 100 steps: OUT/final/
+#   bash benchmarks/repro_cpu.sh report       # docs/results/: tables, PNGs, the runs' metrics (no training)
+#   bash benchmarks/repro_cpu.sh pick         # each sweep's best LR next to the LR in its config (warns on mismatch)
+#
+# Environment: JOBS (runs at once, default 2: one per core), OUT (default runs/repro), PYTHON (default python3).
+#
+# The sweep is in three phases because of the paper's protocol: every hybrid's backup AdamW (embeddings, norms) uses
+# the tuned AdamW lr, and LionMuon P=2/P=5 and SignMuon P=2 use the tuned Lion eta_L. Those tuned values live in the
+# configs (adamw_lr, lion_lr), which is what phases 2 and 3 read: after a fresh sweep, run `pick` and update the
+# configs before the later phases and `final`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+JOBS=${JOBS:-2}
+OUT=${OUT:-runs/repro}
+SEEDS=(1 2)
+SWEEP_EXTRA=(--train.max_steps=50 --train.seed=0)  # sweeps: half the steps of the final runs, a seed of their own
+
+# One thread per process: with 2 threads per run on 2 shared cores, OpenMP spin-waiting made runs ~2.5x slower.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# Keep freed memory in the heap instead of returning it to the OS: the 2048x50304 logits (412 MB) are allocated and
+# freed every step, and glibc's default mmap/munmap of such blocks costs page faults (~1.6x slower steps here).
+export MALLOC_MMAP_MAX_=${MALLOC_MMAP_MAX_:-0} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-68719476736}
+
+# method -> the LR grid of its sweep (3 values, a factor ~3 apart, around the method's sensible tiny-model default).
+declare -A GRID=(
+  [adamw]="optimizer.lr=1e-3,3e-3,1e-2"
+  [lion]="optimizer.lion_lr=1e-4,3e-4,1e-3"
+  [signum]="optimizer.lion_lr=1e-4,3e-4,1e-3"
+  [muon]="optimizer.lr=3e-3,1e-2,3e-2"
+  [lionmuon_p1]="optimizer.lr=3e-3,1e-2,3e-2"
+  [olion]="optimizer.lr=1e-3,3e-3,1e-2"
+  [leo]="optimizer.lr=1e-3,3e-3,1e-2"
+  [lionmuon_p2]="optimizer.lr=3e-3,1e-2,3e-2"
+  [lionmuon_p5]="optimizer.lr=3e-3,1e-2,3e-2"
+  [signmuon_p2]="optimizer.lr=3e-3,1e-2,3e-2"
+)
+PHASE1=(adamw)
+PHASE2=(lion signum muon lionmuon_p1 olion leo)
+PHASE3=(lionmuon_p2 lionmuon_p5 signmuon_p2)
+METHODS=("${PHASE1[@]}" "${PHASE2[@]}" "${PHASE3[@]}")
+
+# Run the given shell commands, at most $JOBS at a time; exit non-zero if any failed.
+run_parallel() {
+  [ $# -gt 0 ] || return 0
+  printf '%s\0' "$@" | xargs -0 -n 1 -P "$JOBS" bash -c
+}
+
+check() {
+  $PY - "${METHODS[@]}" <<'PY'
+import sys
+from config import load_config, to_dict
+from errors import main_guard
+
+def main():
+    ref = None
+    for m in sys.argv[1:]:
+        d = to_dict(load_config(f"configs/repro_cpu_{m}.toml"))  # also validates the config
+        del d["optimizer"], d["logging"]["run_dir"]
+        if ref is None:
+            ref = (m, d)
+        elif d != ref[1]:
+            diff = [f"{s}.{k}" for s in d for k in d[s] if d[s][k] != ref[1][s].get(k)]
+            sys.exit(f"error: configs/repro_cpu_{m}.toml differs from configs/repro_cpu_{ref[0]}.toml outside "
+                     f"[optimizer] in {', '.join(diff)}. Make every repro_cpu config share those sections")
+    print(f"check: the {len(sys.argv) - 1} repro_cpu configs share every section but [optimizer] and logging.run_dir")
+main_guard(main)
+PY
+}
+
+sweep_phase() {
+  local cmds=() m
+  for m in "$@"; do
+    cmds+=("$PY sweep.py configs/repro_cpu_$m.toml --grid ${GRID[$m]} --out $OUT/sweep_$m --launcher '$PY train.py' \
+-- ${SWEEP_EXTRA[*]} > $OUT/logs/sweep_$m.log 2>&1 && rm -f $OUT/sweep_$m/*/ckpt_*.pt && echo 'sweep $m: done' \
+|| { echo 'sweep $m: FAILED (see $OUT/logs/sweep_$m.log)'; exit 1; }")
+  done
+  run_parallel "${cmds[@]}"
+}
+
+sweep() {  # all three phases, or only the one given (1, 2 or 3)
+  mkdir -p "$OUT/logs"
+  case "${1:-all}" in
+    1) sweep_phase "${PHASE1[@]}" ;;
+    2) sweep_phase "${PHASE2[@]}" ;;
+    3) sweep_phase "${PHASE3[@]}" ;;
+    all) sweep_phase "${PHASE1[@]}" && sweep_phase "${PHASE2[@]}" && sweep_phase "${PHASE3[@]}" ;;
+    *) echo "error: unknown sweep phase '$1'. Use 1, 2 or 3, or no phase for all three" >&2; exit 2 ;;
+  esac
+  pick
+}
+
+# Each sweep's best cell (lowest best val loss) next to the value in the config the final runs use.
+pick() {
+  $PY - "$OUT" "${METHODS[@]}" <<'PY'
+import math, os, sys
+from config import load_config
+from plot import load_run
+
+out, methods = sys.argv[1], sys.argv[2:]
+for m in methods:
+    sweep = os.path.join(out, f"sweep_{m}")
+    cells = [load_run(os.path.join(sweep, c)) for c in sorted(os.listdir(sweep))
+             if os.path.isfile(os.path.join(sweep, c, "final.json"))] if os.path.isdir(sweep) else []
+    if not cells:
+        print(f"{m:12s} no finished sweep cells in {sweep}")
+        continue
+    key = "lion_lr" if m in ("lion", "signum") else "lr"
+    best = min(cells, key=lambda r: r.best_val_loss if math.isfinite(r.best_val_loss) else math.inf)
+    chosen = getattr(load_config(f"configs/repro_cpu_{m}.toml").optimizer, key)
+    found = best.config["optimizer"][key]
+    flag = "" if math.isclose(found, chosen) else "   <-- differs from the config: update it or explain why"
+    print(f"{m:12s} best {key} = {found:g} (best val loss {best.best_val_loss:.4f}); config has {chosen:g}{flag}")
+PY
+}
+
+final() {
+  mkdir -p "$OUT/final" "$OUT/logs"
+  local cmds=() m s name dir
+  for s in "${SEEDS[@]}"; do
+    for m in "${METHODS[@]}"; do
+      name=${m}_s$s
+      dir=$OUT/final/$name
+      [ -f "$dir/final.json" ] && continue
+      # The checkpoint is only needed to resume an interrupted run; drop it once the run has finished (87 MB each).
+      cmds+=("$PY train.py configs/repro_cpu_$m.toml --train.seed=$s --logging.run_dir=$dir --logging.run_name=$name \
+> $OUT/logs/final_$name.log 2>&1 && rm -f $dir/ckpt_*.pt && echo 'final $name: done' \
+|| { echo 'final $name: FAILED (see $OUT/logs/final_$name.log)'; exit 1; }")
+    done
+  done
+  local t0=$SECONDS
+  run_parallel "${cmds[@]}"
+  echo "final: ${#cmds[@]} runs in $(( SECONDS - t0 )) s wall with JOBS=$JOBS"
+}
+
+report() {
+  $PY - "$OUT" "${METHODS[@]}" <<'PY'
+"""Everything under docs/results/ from the run directories: no training, no network."""
+import json, math, os, shutil, sys
+import numpy as np
+import plot
+from config import load_config
+
+out, methods = sys.argv[1], sys.argv[2:]
+res = "docs/results"
+os.makedirs(res, exist_ok=True)
+SEEDS = (1, 2)
+NAMES = {"adamw": "AdamW", "lion": "Lion", "signum": "Signum", "muon": "Muon", "signmuon_p2": "SignMuon P=2",
+         "lionmuon_p1": "LionMuon P=1", "lionmuon_p2": "LionMuon P=2", "lionmuon_p5": "LionMuon P=5",
+         "olion": "OLion", "leo": "Leo"}
+# The paper's 124M ordering in best val loss, best first (the issue).
+PAPER = ["lionmuon_p2", "signmuon_p2", "muon", "adamw", "lion", "signum"]
+
+def lr_text(m):
+    o = load_config(f"configs/repro_cpu_{m}.toml").optimizer.resolved()
+    if m in ("lion", "signum"):
+        return f"ηL {o['lion_lr']:g}"
+    if m == "lionmuon_p1":
+        return f"ηM {o['lr']:g}"
+    if "lion_lr" in o:
+        return f"ηM {o['lr']:g}, ηL {o['lion_lr']:g}"
+    return f"{o['lr']:g}"
+
+# ---- the LR sweeps: one table and one figure -------------------------------------------------------------------
+sweep_rows, fig_data = [], {}
+for m in methods:
+    d = os.path.join(out, f"sweep_{m}")
+    key = "lion_lr" if m in ("lion", "signum") else "lr"
+    cells = [plot.load_run(os.path.join(d, c)) for c in sorted(os.listdir(d))
+             if os.path.isfile(os.path.join(d, c, "final.json"))] if os.path.isdir(d) else []
+    cells.sort(key=lambda r: r.config["optimizer"][key])
+    if not cells:
+        continue
+    best = min(r.best_val_loss for r in cells)
+    chosen = getattr(load_config(f"configs/repro_cpu_{m}.toml").optimizer, key)
+    cols = []
+    for r in cells:
+        v = r.config["optimizer"][key]
+        s = f"{v:g}: {plot.fmt_loss(r.best_val_loss)}"
+        cols.append(f"**{s}**" if r.best_val_loss == best else s)
+    sweep_rows.append(f"| {NAMES[m]} | `optimizer.{key}` | " + " · ".join(cols) + f" | {chosen:g} |")
+    fig_data[m] = ([r.config["optimizer"][key] for r in cells], [r.best_val_loss for r in cells], chosen, key)
+with open(os.path.join(res, "lr_sweep.md"), "w") as f:
+    f.write("# LR sweeps (50 steps = 102,400 tokens, seed 0; best val loss per grid value)\n\n"
+            "Bold = the sweep's best cell. `chosen` = the value in configs/repro_cpu_<method>.toml used by the "
+            "final runs.\n\n| method | swept key | value: best val loss | chosen |\n| --- | --- | --- | ---: |\n"
+            + "\n".join(sweep_rows) + "\n")
+if fig_data:
+    plt = plot._pyplot()
+    fig, axes = plt.subplots(2, 5, figsize=(17, 6.5), sharey=True)
+    for ax, (m, (xs, ys, chosen, key)) in zip(axes.flat, fig_data.items()):
+        ax.plot(xs, ys, marker="o")
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.minorticks_off()
+        ax.axvline(chosen, color="red", linestyle=":", label=f"chosen {chosen:g}")
+        ax.set_title(NAMES[m])
+        ax.set_xlabel(key)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("best val loss (50 steps)")
+    for ax in list(axes.flat)[len(fig_data):]:
+        ax.axis("off")
+    fig.suptitle("LR sweeps: tiny GPT-2 on Shakespeare, 50 steps x 2048 tokens, seed 0")
+    fig.tight_layout()
+    fig.savefig(os.path.join(res, "lr_sweep.png"), dpi=110)
+    plt.close(fig)
+
+# ---- the final runs ---------------------------------------------------------------------------------------------
+runs, by_method = [], {}
+for m in methods:
+    for s in SEEDS:
+        d = os.path.join(out, "final", f"{m}_s{s}")
+        if not os.path.isfile(os.path.join(d, "final.json")):
+            continue
+        r = plot.load_run(d)
+        r.optimizer = NAMES[m]  # plot.py colours by optimizer name; lion/signum/muon/lionmuon P=k share class names
+        runs.append(r)
+        by_method.setdefault(m, []).append(r)
+        keep = os.path.join(res, "runs", f"{m}_s{s}")  # the raw numbers behind the PNGs (a few KB per run)
+        os.makedirs(keep, exist_ok=True)
+        for fn in ("metrics.jsonl", "final.json", "config.toml"):
+            shutil.copyfile(os.path.join(d, fn), os.path.join(keep, fn))
+if not runs:
+    sys.exit(f"error: no finished final runs under {out}/final. Run `bash benchmarks/repro_cpu.sh final` first")
+plot.plot_curves(runs, "flops", os.path.join(res, "val_loss_vs_flops.png"))
+plot.plot_pareto(runs, os.path.join(res, "val_loss_vs_flops_pareto.png"))
+with open(os.path.join(res, "runs.md"), "w") as f:
+    f.write("# Every final run (plot.py's table)\n\n" + plot.markdown_table(runs))
+
+stats = {}
+for m, rs in by_method.items():
+    b = np.array([r.best_val_loss for r in rs])
+    stats[m] = dict(n=len(b), mean=float(b.mean()), half_range=float(np.ptp(b) / 2) if len(b) > 1 else math.nan,
+                    seeds=[float(x) for x in b], final=float(np.mean([r.final_val_loss for r in rs])),
+                    flops=float(np.mean([r.total_flops for r in rs])),
+                    opt_frac=float(np.mean([r.optimizer_flops / r.total_flops for r in rs])),
+                    time=float(np.mean([r.elapsed_s for r in rs])), lr=lr_text(m))
+order = sorted(stats, key=lambda m: stats[m]["mean"])
+lines = ["| rank | method | LR (tuned) | best val loss, mean ± half-range | seed 1 | seed 2 | final val loss (mean) "
+         "| total FLOPs | optimizer share | train time / run |",
+         "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+for i, m in enumerate(order, 1):
+    s = stats[m]
+    seeds = [f"{x:.4f}" for x in s["seeds"]] + ["—"] * (2 - len(s["seeds"]))
+    lines.append(f"| {i} | {NAMES[m]} | {s['lr']} | {s['mean']:.4f} ± {s['half_range']:.4f} | {seeds[0]} | {seeds[1]} "
+                 f"| {s['final']:.4f} | {s['flops']:.3g} | {100 * s['opt_frac']:.2f} % | {s['time']:.0f} s |")
+
+# The paper's ordering, pair by pair: the gap between neighbours vs the seed-to-seed noise. With 2 seeds per method
+# the per-method sd estimate is |a - b| / sqrt(2); the gap's standard error is sqrt(sd1² / 2 + sd2² / 2).
+pairs = ["| paper says | gap (mean, 2nd − 1st) | holds here? | gap / its standard error | max seed half-range |",
+         "| --- | ---: | --- | ---: | ---: |"]
+for a, b in zip(PAPER, PAPER[1:]):
+    if a not in stats or b not in stats:
+        continue
+    gap = stats[b]["mean"] - stats[a]["mean"]
+    sd = [np.std(stats[x]["seeds"], ddof=1) if stats[x]["n"] > 1 else math.nan for x in (a, b)]
+    se = math.sqrt(sd[0] ** 2 / stats[a]["n"] + sd[1] ** 2 / stats[b]["n"])
+    z = gap / se if se > 0 else math.inf
+    pairs.append(f"| {NAMES[a]} < {NAMES[b]} | {gap:+.4f} | {'yes' if gap > 0 else '**no**'} | {z:+.1f} "
+                 f"| {max(stats[a]['half_range'], stats[b]['half_range']):.4f} |")
+here = [m for m in order if m in PAPER]
+noise = float(np.mean([stats[m]["half_range"] for m in stats]))
+with open(os.path.join(res, "summary.md"), "w") as f:
+    f.write("# CPU-scale optimizer comparison: final runs\n\n"
+            "Tiny GPT-2 (4 layers × 128, 7.24M params), context 128, 100 steps × 2048 tokens = 204,800 tokens of "
+            "Shakespeare, seeds 1 and 2 (init and data order), val = the first 16,384 val tokens. "
+            "Sorted by mean best val loss; ± is half the distance between the two seeds.\n\n"
+            + "\n".join(lines) + "\n\n"
+            f"Mean seed half-range over all methods: {noise:.4f}.\n\n"
+            "## The paper's 124M ordering (LionMuon P=2 < SignMuon P=2 < Muon < AdamW < Lion < Signum)\n\n"
+            f"Order here (best first): {' < '.join(NAMES[m] for m in here)}\n\n" + "\n".join(pairs) + "\n")
+with open(os.path.join(res, "results.json"), "w") as f:
+    json.dump({NAMES[m]: stats[m] for m in order}, f, indent=1)
+print(open(os.path.join(res, "summary.md")).read())
+print(open(os.path.join(res, "lr_sweep.md")).read())
+PY
+}
+
+case "${1:-all}" in
+  check) check ;;
+  sweep) check && sweep "${2:-all}" ;;
+  pick) pick ;;
+  final) check && final ;;
+  report) report ;;
+  all) check && sweep && final && report ;;
+  *) echo "error: unknown stage '$1'. Use one of: all, check, sweep, pick, final, report" >&2; exit 2 ;;
+esac
