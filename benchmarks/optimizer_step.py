@@ -142,7 +142,7 @@ def main():
         rows[name] = dict(time=statistics.median(times[name]), bytes=state_bytes(opt), set=desc)
         print(f"{name:24s} {desc:6s} {rows[name]['time'] * 1e3:10.2f} ms   "
               f"state {rows[name]['bytes'] / 2**20:8.1f} MiB", flush=True)
-    del runners
+    runners.clear()  # free the optimizer states before timing NS alone
 
     # Newton–Schulz alone on the hidden matrices vs its FLOP floor
     if not only or "ns" in only:

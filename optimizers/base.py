@@ -75,7 +75,8 @@ class NanoptimOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _apply_matrix_updates(self, work, params, outs, scale):
-        """p ← p·(1 − lr·wd) − lr·s·O for each (group, _), p, O; s = scale(group, rows, cols). foreach per (group, s)."""
+        """p ← p·(1 − lr·wd) − lr·s·O for each (group, _), p, O with s = scale(group, rows, cols); one foreach call
+        per (group, s)."""
         buckets: dict[tuple[int, float], tuple[dict, list, list]] = {}
         for (group, _), p, o in zip(work, params, outs):
             s = scale(group, o.size(0), o.size(1))

@@ -135,13 +135,15 @@ class OptimizerConfig:
             if bad:
                 lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
                 hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
-                raise ConfigError(f"optimizer.{key} = {x} is out of range; it must be {' and '.join(filter(None, [lo_s, hi_s]))}")
+                rng = " and ".join(filter(None, [lo_s, hi_s]))
+                raise ConfigError(f"optimizer.{key} = {x} is out of range; it must be {rng}")
 
         def betas(key):
             b = v[key]
             if not isinstance(b, (list, tuple)) or len(b) != 2 or \
                     not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in b):
-                raise ConfigError(f"optimizer.{key} = {b!r} is invalid; it must be two numbers in [0, 1), e.g. [0.9, 0.99]")
+                raise ConfigError(f"optimizer.{key} = {b!r} is invalid; it must be two numbers in [0, 1), "
+                                  "e.g. [0.9, 0.99]")
 
         def choice(key, options):
             if v[key] not in options:

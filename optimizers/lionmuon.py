@@ -79,7 +79,7 @@ class LionMuon(NanoptimOptimizer):
         return is_muon_step(g["step"], g["period"], g["first_step_muon"])
 
     def _step_main(self, groups):
-        work, muon_params, n, n_ns = [], [], 0, 0
+        work, muon_params, n = [], [], 0
         for group in groups:
             t = group["step"]
             group["step"] = t + 1
