@@ -5,6 +5,19 @@ fields below (name and type). Sections: model, data, optimizer, schedule, train,
 The optimizer section's fields live next to the optimizers (`optimizers.OptimizerConfig`), so adding an
 optimizer hyperparameter needs no change here.
 
+One config can hold the hyperparameters of several optimizers, so that comparing them is a one-line change:
+
+    [optimizer]
+    name = "adamw"            # switch with --optimizer.name=lionmuon
+    [optimizer.adamw]
+    lr = 3e-3
+    [optimizer.lionmuon]
+    lr = 1e-2
+    lion_lr = 3e-4
+
+Only the table of the chosen optimizer is applied (every table is still checked). Precedence: keys directly under
+[optimizer] < [optimizer.<name>] < `--optimizer.key=value`; `--optimizer.<name>.key=value` edits one table.
+
     cfg = load_config("configs/tiny_cpu.toml", ["--optimizer.name=lion", "--train.max_steps=100"])
 
 Every problem (bad TOML, unknown section/key, wrong type, out-of-range value) raises `ConfigError` with one
@@ -188,6 +201,24 @@ def _parse_override_value(text: str):
         return text
 
 
+def _check_method(method: str) -> None:
+    from optimizers import OPTIMIZERS
+
+    if method not in OPTIMIZERS:
+        raise _unknown("optimizer table [optimizer.<name>]", method, list(OPTIMIZERS))
+
+
+def _method_config(method: str, table: dict) -> OptimizerConfig:
+    """An OptimizerConfig from one [optimizer.<method>] table (keys and types checked)."""
+    cfg = RunConfig()
+    cfg.optimizer.name = method
+    for key, value in table.items():
+        if key == "name":
+            raise ConfigError(f"[optimizer.{method}] must not set name; set [optimizer] name = \"{method}\"")
+        _set(cfg, f"optimizer.{key}", value)
+    return cfg.optimizer
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -203,20 +234,46 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> R
         raise ConfigError(f"{path} is not valid TOML ({e}); fix the syntax at that line") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a UTF-8 text file; pass a TOML config") from None
-    cfg = RunConfig()
+    # Collect first, apply in order of precedence: [optimizer] keys < [optimizer.<active name>] < --optimizer.key.
+    file_keys, cli_keys, per_method = [], [], {}
     for section_name, table in raw.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: top-level key {section_name!r} must be a [section] table; "
                               f"sections: {', '.join(f.name for f in dataclasses.fields(RunConfig))}")
         for key, value in table.items():
             if isinstance(value, dict):
-                raise ConfigError(f"{path}: [{section_name}.{key}] nests too deep; use keys directly under [{section_name}]")
-            _set(cfg, f"{section_name}.{key}", value)
+                if section_name != "optimizer":
+                    raise ConfigError(f"{path}: [{section_name}.{key}] nests too deep; "
+                                      f"use keys directly under [{section_name}]")
+                _check_method(key)
+                per_method.setdefault(key, {}).update(value)
+            else:
+                file_keys.append((f"{section_name}.{key}", value))
     for item in overrides:
         if not item.startswith("--") or "=" not in item:
             raise ConfigError(f"cannot read override {item!r}; write it as --section.key=value")
         dotted, text = item[2:].split("=", 1)
-        _set(cfg, dotted, _parse_override_value(text))
+        parts = dotted.split(".")
+        if len(parts) == 3 and parts[0] == "optimizer":  # --optimizer.<method>.<key>=value
+            _check_method(parts[1])
+            per_method.setdefault(parts[1], {})[parts[2]] = _parse_override_value(text)
+        else:
+            cli_keys.append((dotted, _parse_override_value(text)))
+
+    cfg = RunConfig()
+    for dotted, value in file_keys + cli_keys:
+        if dotted == "optimizer.name":
+            _set(cfg, dotted, value)
+    for method, table in per_method.items():  # every table must be valid, even for a method not chosen now
+        _method_config(method, table).validate()
+    for dotted, value in file_keys:
+        if dotted != "optimizer.name":
+            _set(cfg, dotted, value)
+    for key, value in per_method.get(cfg.optimizer.name, {}).items():
+        _set(cfg, f"optimizer.{key}", value)
+    for dotted, value in cli_keys:
+        if dotted != "optimizer.name":
+            _set(cfg, dotted, value)
     validate(cfg)
     return cfg
 

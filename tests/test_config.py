@@ -117,3 +117,43 @@ def test_differences_ignores_resumable_keys():
     assert differences(a, b) == []
     c = load_config(None, ["--optimizer.lr=1e-4"])
     assert differences(a, c) == ["optimizer.lr: 0.003 -> 0.0001"]
+
+
+PER_METHOD = """
+[optimizer]
+name = "adamw"
+weight_decay = 0.05
+[optimizer.adamw]
+lr = 3e-3
+betas = [0.9, 0.95]
+[optimizer.lionmuon]
+lr = 1e-2
+lion_lr = 3e-4
+period = 2
+"""
+
+
+def test_per_optimizer_tables_make_switching_one_line(tmp_path):
+    path = write(tmp_path, PER_METHOD)
+    a = load_config(path)
+    assert (a.optimizer.name, a.optimizer.lr, a.optimizer.betas, a.optimizer.weight_decay) == \
+        ("adamw", 3e-3, [0.9, 0.95], 0.05)
+    b = load_config(path, ["--optimizer.name=lionmuon"])
+    assert (b.optimizer.lr, b.optimizer.lion_lr, b.optimizer.betas) == (1e-2, 3e-4, None)
+    c = load_config(path, ["--optimizer.name=lionmuon", "--optimizer.lr=5e-3", "--optimizer.lionmuon.lion_lr=1e-4"])
+    assert (c.optimizer.lr, c.optimizer.lion_lr) == (5e-3, 1e-4)
+    d = load_config(path, ["--optimizer.name=lion"])  # no table: the method's defaults plus the shared keys
+    assert d.optimizer.lr is None and d.optimizer.weight_decay == 0.05
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("[optimizer.lionn]\nlr = 1.0\n", ["lionn", "lion"]),
+    ("[optimizer.lion]\nlr = -1.0\n", ["lr"]),
+    ("[optimizer.muon]\nbetas = [0.9, 0.9]\n", ["betas", "muon"]),
+    ("[optimizer.lion]\nname = \"lion\"\n", ["must not set name"]),
+])
+def test_bad_per_optimizer_tables_are_errors_even_when_not_chosen(tmp_path, extra, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, PER_METHOD + extra))
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
