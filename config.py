@@ -29,6 +29,7 @@ import difflib
 import json
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -201,6 +202,16 @@ def _parse_override_value(text: str):
         return text
 
 
+def _expand(text: str, cfg: RunConfig, where: str) -> str:
+    def value(m):
+        section, key = m.group(1), m.group(2)
+        if not hasattr(cfg, section) or not hasattr(getattr(cfg, section), key):
+            raise ConfigError(f"{where} = {text!r} refers to unknown key {section}.{key}; use e.g. {{optimizer.name}}")
+        return str(getattr(getattr(cfg, section), key))
+
+    return re.sub(r"\{(\w+)\.(\w+)\}", value, text)
+
+
 def _check_method(method: str) -> None:
     from optimizers import OPTIMIZERS
 
@@ -274,6 +285,10 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> R
     for dotted, value in cli_keys:
         if dotted != "optimizer.name":
             _set(cfg, dotted, value)
+    # "{section.key}" in the run directory or name is replaced by that key's value, so one config file serves every
+    # optimizer: run_dir = "out/gpt2_124m_{optimizer.name}".
+    for key in ("run_dir", "run_name", "group"):
+        setattr(cfg.logging, key, _expand(getattr(cfg.logging, key), cfg, f"logging.{key}"))
     validate(cfg)
     return cfg
 
