@@ -157,3 +157,12 @@ def test_bad_per_optimizer_tables_are_errors_even_when_not_chosen(tmp_path, extr
         load_config(write(tmp_path, PER_METHOD + extra))
     for w in words:
         assert w in str(e.value), (w, str(e.value))
+
+
+def test_run_dir_placeholders():
+    path = os.path.join(ROOT, "configs", "gpt2_124m.toml")
+    assert load_config(path, ["--optimizer.name=lion"]).logging.run_dir == "out/gpt2_124m_lion"
+    cfg = load_config(None, ["--logging.run_dir=runs/{optimizer.name}_s{train.seed}"])
+    assert cfg.logging.run_dir == "runs/adamw_s1337"
+    with pytest.raises(ConfigError, match="unknown key optimizer.nme"):
+        load_config(None, ["--logging.run_dir=runs/{optimizer.nme}"])
