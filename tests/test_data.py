@@ -19,8 +19,7 @@ import torch
 from data import prepare as P
 from data.loader import TokenDataset, find_shards, train_batch, val_batches
 from data.shards import HEADER_BYTES, MAGIC, max_token, read_tokens, write_shard
-from data.tokenizer import (ENV_VAR, encoding_from_dir, get_gpt2_encoding, gpt2_encoding_source,
-                            load_gpt2_encoding)
+from data.tokenizer import ENV_VAR, encoding_from_dir, get_gpt2_encoding, gpt2_encoding_source, load_gpt2_encoding
 from errors import ConfigError, DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,8 +9,19 @@ import pytest
 import torch
 
 from errors import ConfigError
-from optimizers import (OPTIMIZERS, AdamW, Leo, Lion, LionMuon, Muon, OLion, OptimizerConfig, SignMuon, Signum,
-                        build_optimizer)
+from optimizers import (
+    OPTIMIZERS,
+    AdamW,
+    Leo,
+    Lion,
+    LionMuon,
+    Muon,
+    OLion,
+    OptimizerConfig,
+    SignMuon,
+    Signum,
+    build_optimizer,
+)
 from optimizers.flops import ns_matmul_flops
 
 KJ = (3.4445, -4.7750, 2.0315)

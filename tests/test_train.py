@@ -7,10 +7,11 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, run_subprocess, train_args, train_losses
+
 from config import load_config
-from train import lr_factor, main as train_main
+from train import lr_factor
+from train import main as train_main
 
 
 def schedule(**kw):
