@@ -5,17 +5,17 @@
 #
 #   bash benchmarks/repro_cpu.sh              # check + sweep + final + report (~1.5-2.5 h on 2 shared cores)
 #   bash benchmarks/repro_cpu.sh check        # the 10 configs differ only in [optimizer] and logging.run_dir
-#   bash benchmarks/repro_cpu.sh sweep [1|2|3]  # LR sweeps (all phases or one), 50 steps, seed 0: OUT/sweep_<method>/
+#   bash benchmarks/repro_cpu.sh sweep [1-4]  # LR sweeps (all phases or one), 50 steps, seed 0: OUT/sweep_<method>*/
 #   bash benchmarks/repro_cpu.sh final        # configs/repro_cpu_<method>.toml x seeds 1, 2, 100 steps: OUT/final/
 #   bash benchmarks/repro_cpu.sh report       # docs/results/: tables, PNGs, the runs' metrics (no training)
 #   bash benchmarks/repro_cpu.sh pick         # each sweep's best LR next to the LR in its config (warns on mismatch)
 #
 # Environment: JOBS (runs at once, default 2: one per core), OUT (default runs/repro), PYTHON (default python3).
 #
-# The sweep is in three phases because of the paper's protocol: every hybrid's backup AdamW (embeddings, norms) uses
-# the tuned AdamW lr, and LionMuon P=2/P=5 and SignMuon P=2 use the tuned Lion eta_L. Those tuned values live in the
-# configs (adamw_lr, lion_lr), which is what phases 2 and 3 read: after a fresh sweep, run `pick` and update the
-# configs before the later phases and `final`.
+# The sweep has phases because later ones build on earlier results: every hybrid's backup AdamW (embeddings, norms)
+# uses the tuned AdamW lr (phase 1); LionMuon P=2/P=5 and SignMuon P=2 sweep eta_M (phase 3) at the tuned Lion eta_L
+# (phase 2), then eta_L at their tuned eta_M (phase 4). The tuned values live in the configs, which is what the later
+# phases read: after a fresh sweep, run `pick` and update the configs before the next phase and before `final`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -39,15 +39,31 @@ declare -A GRID=(
   [muon]="optimizer.lr=3e-3,1e-2,3e-2"
   [lionmuon_p1]="optimizer.lr=3e-3,1e-2,3e-2"
   [olion]="optimizer.lr=1e-3,3e-3,1e-2,3e-2"          # 3e-2 added: 1e-2 was the best of the first 3
-  [leo]="optimizer.lr=3e-4,1e-3,3e-3,1e-2"            # 3e-4 added: 1e-3 was the best of the first 3
+  [leo]="optimizer.lr=1e-4,3e-4,1e-3,3e-3,1e-2"       # 3e-4, then 1e-4 added: the best was at the lower edge
   [lionmuon_p2]="optimizer.lr=3e-3,1e-2,3e-2"
-  [lionmuon_p5]="optimizer.lr=3e-3,1e-2,3e-2"
+  [lionmuon_p5]="optimizer.lr=3e-3,1e-2,3e-2,1e-1"    # 1e-1 added: 3e-2 was the best of the first 3
   [signmuon_p2]="optimizer.lr=3e-3,1e-2,3e-2"
+)
+# Phase 4, the second LR of the methods that take both Muon and Lion steps: eta_L at the tuned eta_M (one step of
+# coordinate descent). The paper fixes eta_L at Lion's tuned value; here that is 20x below the Muon steps' update RMS
+# (0.2 * eta_M), so the Lion steps barely move the weights unless eta_L is tuned too.
+declare -A GRID_ETA_L=(
+  [lionmuon_p2]="optimizer.lion_lr=1e-4,3e-4,1e-3"
+  [lionmuon_p5]="optimizer.lion_lr=1e-4,3e-4,1e-3"
+  [signmuon_p2]="optimizer.lion_lr=1e-4,3e-4,1e-3"
 )
 PHASE1=(adamw)
 PHASE2=(lion signum muon lionmuon_p1 olion leo)
 PHASE3=(lionmuon_p2 lionmuon_p5 signmuon_p2)
+PHASE4=(lionmuon_p2 lionmuon_p5 signmuon_p2)
 METHODS=("${PHASE1[@]}" "${PHASE2[@]}" "${PHASE3[@]}")
+
+# Every sweep as "method directory key" (for pick and report): OUT/sweep_<m> for GRID, OUT/sweep_<m>_eta_l for phase 4.
+sweep_specs() {
+  local m
+  for m in "${METHODS[@]}"; do echo "$m $OUT/sweep_$m ${GRID[$m]%%=*}"; done
+  for m in "${PHASE4[@]}"; do echo "$m $OUT/sweep_${m}_eta_l ${GRID_ETA_L[$m]%%=*}"; done
+}
 
 # Run the given shell commands, at most $JOBS at a time; exit non-zero if any failed.
 run_parallel() {
@@ -77,50 +93,54 @@ main_guard(main)
 PY
 }
 
-sweep_phase() {
-  local cmds=() m
+sweep_phase() {  # sweep_phase GRID|GRID_ETA_L METHOD...
+  local -n grid=$1
+  local suffix=$([ "$1" = GRID_ETA_L ] && echo _eta_l) cmds=() m name
+  shift
   for m in "$@"; do
-    cmds+=("$PY sweep.py configs/repro_cpu_$m.toml --grid ${GRID[$m]} --out $OUT/sweep_$m --launcher '$PY train.py' \
--- ${SWEEP_EXTRA[*]} > $OUT/logs/sweep_$m.log 2>&1 && rm -f $OUT/sweep_$m/*/ckpt_*.pt && echo 'sweep $m: done' \
-|| { echo 'sweep $m: FAILED (see $OUT/logs/sweep_$m.log)'; exit 1; }")
+    name=sweep_$m$suffix
+    cmds+=("$PY sweep.py configs/repro_cpu_$m.toml --grid ${grid[$m]} --out $OUT/$name --launcher '$PY train.py' \
+-- ${SWEEP_EXTRA[*]} > $OUT/logs/$name.log 2>&1 && rm -f $OUT/$name/*/ckpt_*.pt && echo '$name: done' \
+|| { echo '$name: FAILED (see $OUT/logs/$name.log)'; exit 1; }")
   done
   run_parallel "${cmds[@]}"
 }
 
-sweep() {  # all three phases, or only the one given (1, 2 or 3)
+sweep() {  # all four phases, or only the one given (1-4)
   mkdir -p "$OUT/logs"
   case "${1:-all}" in
-    1) sweep_phase "${PHASE1[@]}" ;;
-    2) sweep_phase "${PHASE2[@]}" ;;
-    3) sweep_phase "${PHASE3[@]}" ;;
-    all) sweep_phase "${PHASE1[@]}" && sweep_phase "${PHASE2[@]}" && sweep_phase "${PHASE3[@]}" ;;
-    *) echo "error: unknown sweep phase '$1'. Use 1, 2 or 3, or no phase for all three" >&2; exit 2 ;;
+    1) sweep_phase GRID "${PHASE1[@]}" ;;
+    2) sweep_phase GRID "${PHASE2[@]}" ;;
+    3) sweep_phase GRID "${PHASE3[@]}" ;;
+    4) sweep_phase GRID_ETA_L "${PHASE4[@]}" ;;
+    all) sweep_phase GRID "${PHASE1[@]}" && sweep_phase GRID "${PHASE2[@]}" && sweep_phase GRID "${PHASE3[@]}" \
+           && sweep_phase GRID_ETA_L "${PHASE4[@]}" ;;
+    *) echo "error: unknown sweep phase '$1'. Use 1, 2, 3 or 4, or no phase for all four" >&2; exit 2 ;;
   esac
   pick
 }
 
 # Each sweep's best cell (lowest best val loss) next to the value in the config the final runs use.
 pick() {
-  $PY - "$OUT" "${METHODS[@]}" <<'PY'
+  sweep_specs | $PY -c '
 import math, os, sys
 from config import load_config
 from plot import load_run
 
-out, methods = sys.argv[1], sys.argv[2:]
-for m in methods:
-    sweep = os.path.join(out, f"sweep_{m}")
+for line in sys.stdin:
+    m, sweep, key = line.split()
+    key = key.split(".")[1]
     cells = [load_run(os.path.join(sweep, c)) for c in sorted(os.listdir(sweep))
              if os.path.isfile(os.path.join(sweep, c, "final.json"))] if os.path.isdir(sweep) else []
     if not cells:
-        print(f"{m:12s} no finished sweep cells in {sweep}")
+        print(f"{m:12s} {key:8s} no finished sweep cells in {sweep}")
         continue
-    key = "lion_lr" if m in ("lion", "signum") else "lr"
     best = min(cells, key=lambda r: r.best_val_loss if math.isfinite(r.best_val_loss) else math.inf)
     chosen = getattr(load_config(f"configs/repro_cpu_{m}.toml").optimizer, key)
     found = best.config["optimizer"][key]
     flag = "" if math.isclose(found, chosen) else "   <-- differs from the config: update it or explain why"
-    print(f"{m:12s} best {key} = {found:g} (best val loss {best.best_val_loss:.4f}); config has {chosen:g}{flag}")
-PY
+    print(f"{m:12s} {key:8s} best {found:g} (best val loss {best.best_val_loss:.4f}); config has {chosen:g}{flag}")
+'
 }
 
 final() {
@@ -143,14 +163,15 @@ final() {
 }
 
 report() {
-  $PY - "$OUT" "${METHODS[@]}" <<'PY'
+  $PY - "$OUT" $(sweep_specs | tr ' ' ':') <<'PY'
 """Everything under docs/results/ from the run directories: no training, no network."""
 import json, math, os, shutil, sys
 import numpy as np
 import plot
 from config import load_config
 
-out, methods = sys.argv[1], sys.argv[2:]
+out, specs = sys.argv[1], [a.split(":") for a in sys.argv[2:]]  # (method, sweep dir, grid key) per sweep
+methods = list(dict.fromkeys(m for m, _, _ in specs))
 res = "docs/results"
 os.makedirs(res, exist_ok=True)
 SEEDS = (1, 2)
@@ -171,24 +192,26 @@ def lr_text(m):
     return f"{o['lr']:g}"
 
 # ---- the LR sweeps: one table and one figure -------------------------------------------------------------------
-sweep_rows, fig_data = [], {}
-for m in methods:
-    d = os.path.join(out, f"sweep_{m}")
-    key = "lion_lr" if m in ("lion", "signum") else "lr"
+sweep_rows, fig_data = [], []
+for m, d, key in specs:
+    key = key.split(".")[1]
     cells = [plot.load_run(os.path.join(d, c)) for c in sorted(os.listdir(d))
              if os.path.isfile(os.path.join(d, c, "final.json"))] if os.path.isdir(d) else []
-    cells.sort(key=lambda r: r.config["optimizer"][key])
     if not cells:
         continue
+    cells.sort(key=lambda r: r.config["optimizer"][key])
+    opt = load_config(f"configs/repro_cpu_{m}.toml").optimizer
+    chosen = getattr(opt, key)
+    fixed = f" (at ηM {opt.lr:g})" if d.endswith("_eta_l") else (
+        f" (at ηL {opt.lion_lr:g})" if key == "lr" and opt.lion_lr is not None and m != "lionmuon_p1" else "")
     best = min(r.best_val_loss for r in cells)
-    chosen = getattr(load_config(f"configs/repro_cpu_{m}.toml").optimizer, key)
     cols = []
     for r in cells:
-        v = r.config["optimizer"][key]
-        s = f"{v:g}: {plot.fmt_loss(r.best_val_loss)}"
+        s = f"{r.config['optimizer'][key]:g}: {plot.fmt_loss(r.best_val_loss)}"
         cols.append(f"**{s}**" if r.best_val_loss == best else s)
-    sweep_rows.append(f"| {NAMES[m]} | `optimizer.{key}` | " + " · ".join(cols) + f" | {chosen:g} |")
-    fig_data[m] = ([r.config["optimizer"][key] for r in cells], [r.best_val_loss for r in cells], chosen, key)
+    sweep_rows.append(f"| {NAMES[m]} | `{key}`{fixed} | " + " · ".join(cols) + f" | {chosen:g} |")
+    fig_data.append((f"{NAMES[m]}{fixed}", key, [r.config["optimizer"][key] for r in cells],
+                     [r.best_val_loss for r in cells], chosen))
 with open(os.path.join(res, "lr_sweep.md"), "w") as f:
     f.write("# LR sweeps (50 steps = 102,400 tokens, seed 0; best val loss per grid value)\n\n"
             "Bold = the sweep's best cell. `chosen` = the value in configs/repro_cpu_<method>.toml used by the "
@@ -196,24 +219,26 @@ with open(os.path.join(res, "lr_sweep.md"), "w") as f:
             + "\n".join(sweep_rows) + "\n")
 if fig_data:
     plt = plot._pyplot()
-    fig, axes = plt.subplots(2, 5, figsize=(17, 6.5), sharey=True)
-    for ax, (m, (xs, ys, chosen, key)) in zip(axes.flat, fig_data.items()):
+    ncol = 5
+    nrow = -(-len(fig_data) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3.1 * nrow), sharey=True, squeeze=False)
+    for ax, (title, key, xs, ys, chosen) in zip(axes.flat, fig_data):
         ax.plot(xs, ys, marker="o")
         ax.set_xscale("log")
         ax.set_xticks(xs, [f"{x:g}" for x in xs])
         ax.minorticks_off()
         ax.axvline(chosen, color="red", linestyle=":", label=f"chosen {chosen:g}")
-        ax.set_title(NAMES[m])
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel(key)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel("best val loss (50 steps)")
     for ax in list(axes.flat)[len(fig_data):]:
         ax.axis("off")
     fig.suptitle("LR sweeps: tiny GPT-2 on Shakespeare, 50 steps x 2048 tokens, seed 0")
     fig.tight_layout()
-    fig.savefig(os.path.join(res, "lr_sweep.png"), dpi=110)
+    fig.savefig(os.path.join(res, "lr_sweep.png"), dpi=100)
     plt.close(fig)
 
 # ---- the final runs ---------------------------------------------------------------------------------------------
