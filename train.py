@@ -90,7 +90,13 @@ def setup_distributed(device_choice: str):
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+    # torchrun's restarts (--max-restarts) reuse its TCP store, and the process group's keys (each rank's address)
+    # are not namespaced per attempt: a restarted rank could read a dead rank's address from the previous attempt
+    # and fail to connect, or hang. So the store is namespaced by the attempt number here.
+    store, _, _ = next(dist.rendezvous("env://", rank, world_size))
+    store = dist.PrefixStore(f"nanoptim/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world_size,
+                            device_id=device if use_cuda else None)
     return True, rank, local_rank, world_size, device
 
 

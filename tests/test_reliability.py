@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, SHARED_DATA
 
 import checkpoint as ckpt
-from conftest import ROOT, SHARED_DATA
 from errors import CheckpointError
 
 FAULT_SITE = os.path.join(ROOT, "tests", "reliability_faults")
@@ -70,11 +70,21 @@ def env(faults=None, **extra):
 
 
 def run(cmd, faults=None, timeout=300, **env_extra):
-    """Run a command in the repo root; cmd[0] == "train.py"/"sample.py" means this Python."""
+    """Run a command in the repo root; cmd[0] == "train.py"/"sample.py" means this Python.
+
+    In its own session, so that on a timeout the whole tree (torchrun and its workers too) is killed, not just
+    the top process."""
     if cmd[0].endswith(".py"):
         cmd = [sys.executable, *cmd]
-    return subprocess.run(cmd, cwd=ROOT, env=env(faults, **env_extra), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(faults, **env_extra), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout}s: {' '.join(cmd)}\n{out[-2000:]}\n{err[-3000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def train(data_dir, run_dir, *extra, faults=None):
@@ -351,6 +361,8 @@ def test_resume_with_another_world_size(byte_data, tmp_path, optimizer):
         assert sorted(got) == list(range(8)), name
         for step in range(8):
             assert got[step] == pytest.approx(ref[step], rel=2e-5, abs=1e-6), (name, step, got[step], ref[step])
+        worst = max(abs(got[s] - ref[s]) / abs(ref[s]) for s in range(4, 8))
+        print(f"{optimizer} {name}: max relative loss difference after the resume {worst:.2e}")
 
 
 # ----------------------------------------------------------------------------- non-finite loss / gradients
