@@ -202,8 +202,9 @@ for m, d, key in specs:
     cells.sort(key=lambda r: r.config["optimizer"][key])
     opt = load_config(f"configs/repro_cpu_{m}.toml").optimizer
     chosen = getattr(opt, key)
-    fixed = f" (at ηM {opt.lr:g})" if d.endswith("_eta_l") else (
-        f" (at ηL {opt.lion_lr:g})" if key == "lr" and opt.lion_lr is not None and m != "lionmuon_p1" else "")
+    ran = cells[0].config["optimizer"]  # the other LR of a two-LR method, as the sweep ran it
+    fixed = f" (at ηM {ran['lr']:g})" if key == "lion_lr" and m not in ("lion", "signum") else (
+        f" (at ηL {ran['lion_lr']:g})" if key == "lr" and ran.get("lion_lr") is not None and m != "lionmuon_p1" else "")
     best = min(r.best_val_loss for r in cells)
     cols = []
     for r in cells:
