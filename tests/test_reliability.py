@@ -193,60 +193,62 @@ def test_same_seed_same_losses(byte_data, reference, tmp_path):
 
 # ----------------------------------------------------------------------------- kill anywhere
 
-# Where a SIGKILL can land, as sitecustomize faults. n is drawn per seed; each range is small enough that the
-# fault fires before the run ends (asserted: the process must die of SIGKILL).
+# Where a SIGKILL can land, as sitecustomize faults; n (which step / which call) is drawn from the test's seed.
+# Each range is small enough that the fault fires before the run ends (asserted: the process dies of SIGKILL).
 KILL_POINTS = {
-    "mid-step (after backward, before the update)": lambda r: dict(hook="step", action="kill", n=r.randint(1, 7)),
-    "torn checkpoint write (half the bytes on disk)": lambda r: dict(hook="save", action="partial_kill",
-                                                                    n=r.randint(1, 3)),
-    "checkpoint written, before its marker commits": lambda r: dict(hook="replace", match=r"ckpt_\d+\.sha256$",
-                                                                    action="kill", n=r.randint(1, 3)),
-    "marker committed, before the .pt rename": lambda r: dict(hook="replace", match=r"ckpt_\d+\.sha256$",
-                                                              action="kill_after", n=r.randint(1, 3)),
+    "mid-step": lambda r: dict(hook="step", action="kill", n=r.randint(1, 7)),  # after backward, before the update
+    "torn checkpoint write": lambda r: dict(hook="save", action="partial_kill", n=r.randint(1, 3)),  # half on disk
+    "before the marker commits": lambda r: dict(hook="replace", match=r"ckpt_\d+\.sha256$", action="kill",
+                                                n=r.randint(1, 3)),
+    "marker committed, .pt not renamed": lambda r: dict(hook="replace", match=r"ckpt_\d+\.sha256$",
+                                                        action="kill_after", n=r.randint(1, 3)),
     "checkpoint committed, before pruning": lambda r: dict(hook="replace", match=r"ckpt_\d+\.pt$",
                                                            action="kill_after", n=r.randint(1, 3)),
-    "mid-pruning (old .pt deleted, its marker not)": lambda r: dict(hook="remove", match=r"ckpt_\d+\.pt$",
-                                                                    action="kill_after", n=r.randint(1, 2)),
-    "writing config.toml at start-up": lambda r: dict(hook="replace", match=r"config\.toml$", action="kill"),
+    "mid-pruning": lambda r: dict(hook="remove", match=r"ckpt_\d+\.pt$", action="kill_after",
+                                  n=r.randint(1, 2)),  # an old .pt deleted, its marker not yet
+    "writing config.toml": lambda r: dict(hook="replace", match=r"config\.toml$", action="kill"),  # at start-up
+    "cutting metrics.jsonl back": lambda r: dict(hook="replace", match=r"metrics\.jsonl$", action="kill"),  # resume
+    "writing final.json": lambda r: dict(hook="replace", match=r"final\.json$", action="kill"),  # the very end
 }
-# Only a resumed process rewrites metrics.jsonl (cut back to the checkpoint), only the last one writes final.json.
-KILL_POINTS_RESUMED = {"cutting metrics.jsonl back on resume": lambda r: dict(hook="replace",
-                                                                             match=r"metrics\.jsonl$", action="kill")}
-KILL_POINT_LAST = {"writing final.json": lambda r: dict(hook="replace", match=r"final\.json$", action="kill")}
-KILLS_PER_SEED = 3
-SEEDS = [0, 1, 2, 3]
+# The sequence of kills per seed: together they cover every kill point, each in two different histories where
+# possible. "cutting metrics.jsonl back" only happens on a resume, so it follows a kill that leaves a checkpoint;
+# "writing final.json" only at the end, so it comes last.
+KILL_SEQUENCES = {
+    0: ["mid-step", "checkpoint committed, before pruning", "cutting metrics.jsonl back", "writing final.json"],
+    1: ["torn checkpoint write", "marker committed, .pt not renamed", "mid-pruning", "before the marker commits"],
+    2: ["writing config.toml", "before the marker commits", "torn checkpoint write", "writing final.json"],
+    3: ["mid-pruning", "cutting metrics.jsonl back", "marker committed, .pt not renamed", "mid-step"],
+}
 
 
-def next_kill(r, resumable, last):
-    """(name, fault) of the next kill point: drawn from the menus that can fire in this launch."""
-    if last:
-        name = next(iter(KILL_POINT_LAST))
-        return name, KILL_POINT_LAST[name](r)
-    menu = dict(KILL_POINTS, **(KILL_POINTS_RESUMED if resumable else {}))
-    name = r.choice(sorted(menu))
-    return name, menu[name](r)
+def launch_expecting_resume(data_dir, run_dir, faults=None):
+    """Launch train.py; if the run dir holds a good checkpoint, assert the launch resumed from exactly that one
+    (otherwise a resume that silently started over would still reproduce the reference)."""
+    good = ckpt.find_latest_good(run_dir)[0] if os.path.isdir(run_dir) else None
+    proc = train(data_dir, run_dir, faults=faults)
+    if good:
+        step = int(re.search(r"ckpt_(\d+)\.pt$", good).group(1))
+        assert f"resumed from step {step} " in proc.stdout, (good, proc.stdout[-1500:], proc.stderr[-1500:])
+    else:
+        assert "resumed from step" not in proc.stdout
+    return proc
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", sorted(KILL_SEQUENCES))
 def test_kill_anywhere_resumes_bit_exact(byte_data, reference, tmp_path, seed):
-    """SIGKILL at seeded points (mid-step, mid-checkpoint-write, between commit stages, during pruning, at start-up,
-    during the metrics rewrite, writing final.json); rerunning the same command until final.json exists
-    reproduces the uninterrupted run bit for bit."""
+    """SIGKILL at seeded points (mid-step, a torn checkpoint write, between the commit stages, mid-pruning, at
+    start-up, during the metrics rewrite, writing final.json); rerunning the same command until final.json exists
+    resumes from the newest good checkpoint every time and reproduces the uninterrupted run bit for bit."""
     r = random.Random(seed)
     run_dir = str(tmp_path / "run")
-    kills = KILLS_PER_SEED + (seed % 2 == 0)  # even seeds also die writing final.json, at the very end
-    tried = []
-    for i in range(kills):
-        resumable = os.path.isdir(run_dir) and ckpt.find_latest_good(run_dir)[0] is not None
-        name, fault = next_kill(r, resumable, last=i == KILLS_PER_SEED)
-        proc = train(byte_data, run_dir, faults=[fault])
+    for name in KILL_SEQUENCES[seed]:
+        fault = KILL_POINTS[name](r)
+        proc = launch_expecting_resume(byte_data, run_dir, faults=[fault])
         assert proc.returncode == -signal.SIGKILL, (name, fault, proc.returncode, proc.stderr[-2000:])
         assert not os.path.exists(os.path.join(run_dir, "final.json")), name
-        tried.append(name)
-    ok(train(byte_data, run_dir))
+    ok(launch_expecting_resume(byte_data, run_dir))
     assert_bit_identical(run_dir, reference)
     assert_clean_and_verified(run_dir)
-    print(f"seed {seed}: killed at {tried}")
 
 
 def test_external_sigkill_at_random_steps(byte_data, reference, tmp_path):
@@ -264,7 +266,7 @@ def test_external_sigkill_at_random_steps(byte_data, reference, tmp_path):
         proc.stdout.close()
         kills += proc.wait(timeout=120) == -signal.SIGKILL
     assert kills == 2
-    ok(train(byte_data, run_dir))
+    ok(launch_expecting_resume(byte_data, run_dir))
     assert_bit_identical(run_dir, reference)
 
 
@@ -351,9 +353,11 @@ def test_resume_with_another_world_size(byte_data, tmp_path, optimizer):
     _launch_ddp(byte_data, two, *extra)  # 2 processes, steps 0-3
     one_to_two = str(tmp_path / "one_to_two")
     shutil.copytree(one, one_to_two)
-    ok(train(byte_data, one, *extra))  # 1 → 1: the reference continuation (bit-exact resume, see above)
-    ok(train(byte_data, two, *extra))  # 2 → 1
-    _launch_ddp(byte_data, one_to_two, *extra)  # 1 → 2
+    resumed = [ok(train(byte_data, one, *extra)),  # 1 → 1: the reference continuation (bit-exact, see above)
+               ok(train(byte_data, two, *extra)),  # 2 → 1
+               _launch_ddp(byte_data, one_to_two, *extra)]  # 1 → 2
+    for proc in resumed:  # each continued from the step-4 checkpoint rather than starting over
+        assert "resumed from step 4 " in proc.stdout and "step 0/8" not in proc.stdout
     ref, _ = records(one)
     assert sorted(ref) == list(range(8))
     for name in ("two", "one_to_two"):
