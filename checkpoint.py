@@ -74,7 +74,7 @@ def _remove_quietly(path: str) -> None:
 
 
 def atomic_write_bytes(path: str, write_fn, tmp: str | None = None) -> None:
-    """Call write_fn(file) on `path + '.tmp'` (or `tmp`), fsync, rename over `path`. On any error `path` is untouched."""
+    """write_fn(file) on `path + '.tmp'` (or `tmp`), fsync, rename over `path`; on any error `path` is untouched."""
     tmp = tmp or path + ".tmp"
     try:
         with open(tmp, "wb") as f:

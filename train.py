@@ -12,6 +12,13 @@ function of those numbers (data/loader.py), so a resumed run sees exactly the da
 
 The run directory holds config.toml (the resolved config), metrics.jsonl, checkpoints and, at the end,
 final.json. Rerunning the same command continues from the last good checkpoint, bit-exactly on CPU.
+
+Faults (docs/reliability.md has each one with the test that proves it): checkpoints are committed atomically with
+a SHA-256 completed-marker (checkpoint.py), so a crash at any point loses at most the steps since the last one and
+never leaves a half-written file that gets loaded; a non-finite loss or gradient stops the run at the last good
+checkpoint (train.nonfinite = "stop") or skips that update ("skip"); a full disk or unwritable run directory is
+reported in one line; and bad input (config, data, checkpoint, run directory) is reported as one `error:` line
+(exit code 2) before anything in the run directory is written.
 """
 
 import argparse
@@ -168,14 +175,16 @@ def check_run_dir(run_dir: str, cfg, log) -> None:
     try:
         old = load_config(saved)
     except ConfigError as e:
-        raise ConfigError(f"{run_dir} holds a config.toml that no longer loads ({e}); use another logging.run_dir") from None
+        raise ConfigError(f"{run_dir} holds a config.toml that no longer loads ({e}); "
+                          f"use another logging.run_dir") from None
     changed = differences(old, cfg)
     if not changed:
         return
     if cfg.checkpoint.allow_config_change:
         log(f"note: resuming {run_dir} with a changed config: {'; '.join(changed)}")
         return
-    raise ConfigError(f"{run_dir} holds a different run ({'; '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}); "
+    more = " ..." if len(changed) > 3 else ""
+    raise ConfigError(f"{run_dir} holds a different run ({'; '.join(changed[:3])}{more}); "
                       f"use another --logging.run_dir, or pass --checkpoint.allow_config_change=true to continue it")
 
 
@@ -343,10 +352,8 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
                "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else None}
         path = ckpt.save_checkpoint(run_dir, {
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-            "best_val_loss": best_val, "counters": counters.state_dict(), "elapsed_s": elapsed_s, "skipped_steps": skipped,
-            "rng": rng,
-            "config": to_dict(cfg),
-            "model_config": vars(mcfg).copy(),
+            "best_val_loss": best_val, "counters": counters.state_dict(), "elapsed_s": elapsed_s,
+            "skipped_steps": skipped, "rng": rng, "config": to_dict(cfg), "model_config": vars(mcfg).copy(),
         }, cfg.checkpoint.keep_last)
         log(f"saved {path}")
 
@@ -477,12 +484,12 @@ def _run_dir_error(e: OSError, run_dir: str) -> RunDirError | None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="Overrides: --section.key=value, e.g. --optimizer.name=lion --train.max_steps=100")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Overrides: --section.key=value, "
+                                     "e.g. --optimizer.name=lion --train.max_steps=100")
     parser.add_argument("config", nargs="?", default=None, help="TOML config (default: configs/tiny_cpu.toml)")
     args, overrides = parser.parse_known_args(argv)
+    _check_earlier_fatal_error()
     try:
-        _check_earlier_fatal_error()
         cfg = load_config(args.config, overrides)
         if int(os.environ.get("RANK", 0)) == 0:
             print(to_toml(cfg))

@@ -2,8 +2,13 @@
 
 Faults are injected without hooks in the product code: tests/reliability_faults/sitecustomize.py wraps a few
 library calls (torch.save, os.replace, os.remove, open, clip_grad_norm_) in the train.py processes, as described by
-the NANOPTIM_TEST_FAULTS environment variable. Every subprocess runs with OMP_NUM_THREADS=1, so CPU runs are
+the NANOPTIM_TEST_FAULTS environment variable. Every process runs with OMP_NUM_THREADS=1, so CPU runs are
 bit-for-bit reproducible and "resumed == uninterrupted" is checked with exact equality.
+
+Single-process train.py/sample.py launches are forked from a warm interpreter (tests/reliability_faults/warm_cli.py:
+a separate process per launch, SIGKILLed for real, without re-importing torch each time); the reference run,
+run.sh, torchrun and the external-SIGKILL launches are ordinary cold subprocesses, so every warm chain is also
+compared against a cold run.
 
 The model is deliberately tiny (2 layers, width 32, context 32, a 128-token byte vocabulary over tinyshakespeare)
 so that a launch costs its Python start-up and little else. docs/reliability.md lists what each test proves.
@@ -14,6 +19,7 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -87,8 +93,52 @@ def run(cmd, faults=None, timeout=300, **env_extra):
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+class WarmServer:
+    """The warm_cli.py fork server: one forked process per launch (see its docstring)."""
+
+    def __init__(self):
+        self.proc, self.n = None, 0
+        self.logs = None
+
+    def run(self, argv, faults=None, timeout=300, **env_extra):
+        if self.proc is None:
+            import tempfile
+
+            self.logs = tempfile.mkdtemp(prefix="warm_cli_")
+            self.proc = subprocess.Popen([sys.executable, os.path.join(FAULT_SITE, "warm_cli.py")], cwd=ROOT,
+                                         env=env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                         start_new_session=True)
+        self.n += 1
+        out, err = os.path.join(self.logs, f"{self.n}.out"), os.path.join(self.logs, f"{self.n}.err")
+        self.proc.stdin.write(json.dumps(dict(argv=list(argv), stdout=out, stderr=err, env=env_extra,
+                                              faults=faults)) + "\n")
+        self.proc.stdin.flush()
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            self.close()
+            raise AssertionError(f"timed out after {timeout}s: {' '.join(argv)}\n{open(err).read()[-3000:]}")
+        code = json.loads(self.proc.stdout.readline())["code"]
+        return subprocess.CompletedProcess(argv, code, open(out).read(), open(err).read())
+
+    def close(self):
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            shutil.rmtree(self.logs, ignore_errors=True)
+            self.proc = None
+
+
+WARM = WarmServer()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_warm_server():
+    yield
+    WARM.close()
+
+
 def train(data_dir, run_dir, *extra, faults=None):
-    return run(["train.py", *args(data_dir, run_dir, *extra)], faults=faults)
+    """One train.py launch (warm-forked)."""
+    return WARM.run(["train.py", *args(data_dir, run_dir, *extra)], faults=faults)
 
 
 def ok(proc):
@@ -174,7 +224,7 @@ def one_error_line(proc):
 def reference(byte_data, tmp_path_factory):
     """The uninterrupted run every crashed-and-resumed run must reproduce bit for bit."""
     run_dir = str(tmp_path_factory.mktemp("reference") / "run")
-    ok(train(byte_data, run_dir))
+    ok(run(["train.py", *args(byte_data, run_dir)]))  # cold: the warm-forked launches must reproduce it
     return run_dir
 
 
@@ -187,7 +237,7 @@ def test_same_seed_same_losses(byte_data, reference, tmp_path):
     ok(train(byte_data, again))
     assert_bit_identical(again, reference)
     other = str(tmp_path / "other_seed")
-    ok(run(["train.py", *args(byte_data, other, "--train.seed=7", "--train.max_steps=2")]))
+    ok(train(byte_data, other, "--train.seed=7", "--train.max_steps=2"))
     assert records(other)[0][0] != records(reference)[0][0]
 
 
@@ -634,40 +684,22 @@ COLD_ROWS = ("malformed TOML", "missing data dir", "malicious pickle in the run 
 
 def test_bad_inputs_give_one_line_and_change_nothing(byte_data, good_run, tmp_path):
     """Every row: exit code 2, exactly one stderr line `error: ...` naming the problem (and no traceback), and the
-    run dir byte-for-byte unchanged (or still absent).
-
-    Python rows run as processes forked from one warm interpreter (tests/reliability_faults/warm_cli.py: the same
-    `__main__` code, exit status and stderr, without 2-3 s of imports per row); run.sh rows and COLD_ROWS run as
-    ordinary cold subprocesses at the same time."""
+    run dir byte-for-byte unchanged (or still absent). Python rows run warm-forked; run.sh rows and COLD_ROWS run
+    as cold subprocesses at the same time (COLD_ROWS both ways, which must print the same line)."""
     rows, sentinel = bad_input_rows(byte_data, good_run, str(tmp_path))
     names = [r[0] for r in rows]
     assert len(set(names)) == len(names) and set(COLD_ROWS) <= set(names)
     before = {name: snapshot(watched) for name, _, watched, _ in rows}
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    warm = [r for r in rows if r[1][0].endswith(".py")]
-    jobs = [dict(argv=cmd, stdout=str(logs / f"{i}.out"), stderr=str(logs / f"{i}.err"))
-            for i, (_, cmd, _, _) in enumerate(warm)]
-    json.dump(jobs, open(logs / "jobs.json", "w"))
-    cold = [(name, cmd, watched, words) for name, cmd, watched, words in rows
-            if not cmd[0].endswith(".py") or name in COLD_ROWS]
-    control = {}  # name -> the cold run of a row that also runs warm (both read the same, unchanged run dir)
+    cold = [(name, cmd) for name, cmd, _, _ in rows if not cmd[0].endswith(".py") or name in COLD_ROWS]
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        warm_future = pool.submit(run, [sys.executable, os.path.join(FAULT_SITE, "warm_cli.py"),
-                                        str(logs / "jobs.json"), str(logs / "results.json")], timeout=600)
-        cold_procs = list(pool.map(lambda r: (r[0], run(r[1], timeout=120, NPROC="1")), cold))
-        ok(warm_future.result())
-    codes = json.load(open(logs / "results.json"))
-    results = {}
-    for (name, _, _, _), job, code in zip(warm, jobs, codes):
-        results[name] = subprocess.CompletedProcess(job["argv"], code, open(job["stdout"]).read(),
-                                                    open(job["stderr"]).read())
-    for name, proc in cold_procs:
-        if name in results:
-            control[name] = proc
-        else:
-            results[name] = proc
+    results, control = {}, {}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        cold_future = pool.submit(lambda: [(name, run(cmd, timeout=120, NPROC="1")) for name, cmd in cold])
+        for name, cmd, _, _ in rows:
+            if cmd[0].endswith(".py"):
+                results[name] = WARM.run(cmd, timeout=120)
+        for name, proc in cold_future.result():
+            (control if name in results else results)[name] = proc
 
     failures = []
     for name, _, watched, words in rows:
@@ -683,7 +715,8 @@ def test_bad_inputs_give_one_line_and_change_nothing(byte_data, good_run, tmp_pa
     assert not os.path.exists(sentinel), "a config value or a checkpoint executed code"
     assert not failures, "\n".join(failures)
     assert len(rows) >= 35
-    print(f"{len(rows)} bad inputs tried ({len(cold)} also or only cold), all refused with one line, nothing changed")
+    print(f"{len(rows)} bad inputs tried ({len(cold)} of them also or only cold), all refused with one line, "
+          f"nothing changed")
 
 
 # ----------------------------------------------------------------------------- security
@@ -709,8 +742,8 @@ def test_no_secret_in_logs_checkpoints_or_wandb_files(byte_data, tmp_path):
     """WANDB_API_KEY set and wandb in offline mode: the key appears in no file of the run dir and no output."""
     secret = "local-" + "0123456789abcdef" * 2 + "SECRETSENTINEL"
     run_dir = str(tmp_path / "run")
-    proc = ok(run(["train.py", *args(byte_data, run_dir, "--train.max_steps=4", "--logging.wandb=offline")],
-                  WANDB_API_KEY=secret))
+    proc = ok(WARM.run(["train.py", *args(byte_data, run_dir, "--train.max_steps=4", "--logging.wandb=offline")],
+                       WANDB_API_KEY=secret))
     assert os.path.isdir(os.path.join(run_dir, "wandb"))  # wandb did write its offline files
     assert secret not in proc.stdout + proc.stderr
     n = 0

@@ -3,7 +3,7 @@
 Python imports `sitecustomize` at start-up from the first sys.path entry that has one, so a test puts this
 directory on PYTHONPATH and describes faults in the environment variable NANOPTIM_TEST_FAULTS (a JSON list). The
 real entry points (`python train.py`, `bash run.sh`, torchrun workers) then run unmodified, with a few library
-functions wrapped in the train.py processes only:
+functions wrapped in the train.py processes only (warm_cli.py calls install() directly in its forked children):
 
     hook "step"     torch.nn.utils.clip_grad_norm_ (called once per training step, after backward)
     hook "save"     torch.save (called once per checkpoint, by checkpoint.save_checkpoint)
@@ -29,7 +29,7 @@ import os
 import sys
 
 
-def _install(faults):
+def install(faults):
     import builtins
     import errno
     import io
@@ -140,4 +140,4 @@ def _install(faults):
 
 _spec = os.environ.get("NANOPTIM_TEST_FAULTS")
 if _spec and os.path.basename(sys.argv[0] if sys.argv else "") == "train.py":
-    _install(json.loads(_spec))
+    install(json.loads(_spec))

@@ -1,13 +1,15 @@
-"""Run many CLI invocations (`train.py ...`, `sample.py ...`) as separate processes forked from one warm interpreter.
+"""A fork server for CLI invocations (`train.py ...`, `sample.py ...`): each one a separate process, without paying
+Python's and torch's start-up every time (~2-3 s of CPU per launch, most of a tiny run's cost).
 
-    python tests/reliability_faults/warm_cli.py JOBS.json RESULTS.json
+    python tests/reliability_faults/warm_cli.py    # then one JSON job per line on stdin, one result line on stdout
 
-JOBS.json is a list of {"argv": ["train.py", ...], "stdout": path, "stderr": path}. Each job is a child process
-forked after torch and the repo modules are imported (saving ~2-3 s of start-up per job on a loaded CPU); the child
-runs the script exactly as `python script args` would (runpy, __name__ == "__main__", sys.argv), with its stdout
-and stderr file descriptors redirected, and exits with the script's exit status; an uncaught exception prints its
-traceback to stderr and exits 1, as the interpreter does. RESULTS.json gets the exit status of every job.
-Used by tests/test_reliability.py for the bad-input table; a few rows also run cold (`python train.py`) as a control.
+A job is {"argv": ["train.py", ...], "stdout": path, "stderr": path, "env": {...}, "faults": [...]}. The server
+imports torch and the repo modules once, then forks a child per job. The child applies "env", installs "faults"
+(sitecustomize.install, exactly what a cold `python train.py` gets from NANOPTIM_TEST_FAULTS), redirects its
+stdout/stderr file descriptors, and runs the script as `python script args` would (runpy, __name__ ==
+"__main__", sys.argv); it exits with the script's exit status, and an uncaught exception prints its traceback and
+exits 1, as the interpreter does. A SIGKILL (a fault, or the test) ends the child only. The result line is
+{"code": exit status, negative for a signal}.
 """
 
 import json
@@ -26,12 +28,19 @@ def run_child(job) -> None:
     os.dup2(err, 2)
     code = 0
     try:
+        os.environ.update(job.get("env") or {})
         sys.argv = list(job["argv"])
+        if job.get("faults"):
+            import sitecustomize  # this directory's, imported at start-up because it is on PYTHONPATH
+
+            sitecustomize.install(job["faults"])
         runpy.run_path(os.path.join(ROOT, job["argv"][0]), run_name="__main__")
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if not isinstance(e.code, int) and e.code is not None:
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
             print(e.code, file=sys.stderr)
+            code = 1
     except BaseException:  # noqa: BLE001 - what the interpreter does with an uncaught exception
         traceback.print_exc()
         code = 1
@@ -41,7 +50,6 @@ def run_child(job) -> None:
 
 
 def main():
-    jobs_path, results_path = sys.argv[1:3]
     os.chdir(ROOT)
     sys.path[0] = ROOT  # as for `python train.py` run from the repo root
     import torch  # noqa: F401 - the point: import once, fork many
@@ -49,15 +57,13 @@ def main():
     import sample  # noqa: F401
     import train  # noqa: F401
 
-    jobs = json.load(open(jobs_path))
-    results = []
-    for job in jobs:
+    for line in sys.stdin:
+        job = json.loads(line)
         pid = os.fork()
         if pid == 0:
             run_child(job)
         _, status = os.waitpid(pid, 0)
-        results.append(os.waitstatus_to_exitcode(status))
-    json.dump(results, open(results_path, "w"))
+        print(json.dumps({"code": os.waitstatus_to_exitcode(status)}), flush=True)
 
 
 if __name__ == "__main__":
