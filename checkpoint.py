@@ -23,6 +23,7 @@ import hashlib
 import os
 import pickle
 import re
+import zipfile
 
 import torch
 
@@ -177,6 +178,30 @@ def checkpoint_problem(path: str) -> str | None:
     return None
 
 
+class _Unreadable(Exception):
+    """What is wrong with a checkpoint file's contents (a phrase: "it ..."); callers add the path and the fix."""
+
+
+def _read(path: str, map_location) -> dict:
+    """torch.load(weights_only=True) of a train.py checkpoint, or _Unreadable saying why it is not one."""
+    if not zipfile.is_zipfile(path):  # every torch.save since 1.6 is a zip archive; a torn write has no directory
+        raise _Unreadable("it is not a torch.save archive (no zip directory: truncated, or another kind of file)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle means "not a usable checkpoint"
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        if isinstance(e, pickle.UnpicklingError) and lines and lines[0].startswith("Weights only load failed"):
+            # torch's message suggests weights_only=False; name the refused object instead.
+            why = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0])
+            raise _Unreadable(f"it holds pickled objects that safe loading refuses ({why[:200]}), so it was not "
+                              f"written by train.py; do not load it unless you trust its source") from None
+        raise _Unreadable(f"it cannot be read ({(lines[0][:200] if lines else type(e).__name__)})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "step" not in state:
+        raise _Unreadable("it is not a nanoptim checkpoint (no model/step entries)")
+    state["model"] = strip_prefixes(state["model"])
+    return state
+
+
 def load_checkpoint(path: str, map_location="cpu", verify: bool = True) -> dict:
     """Load one checkpoint file safely; strip torch.compile/DDP prefixes from the model keys.
 
@@ -192,22 +217,10 @@ def load_checkpoint(path: str, map_location="cpu", verify: bool = True) -> dict:
                                   f"recreate the marker with `sha256sum {os.path.basename(path)} > "
                                   f"{os.path.basename(marker_path(path))}` in its directory")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to unpickle means "not a usable checkpoint"
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        if isinstance(e, pickle.UnpicklingError) and lines and lines[0].startswith("Weights only load failed"):
-            # torch's message suggests weights_only=False; name the refused object instead.
-            why = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0])
-            raise CheckpointError(f"{path} holds pickled objects that safe loading refuses ({why[:200]}); it was not "
-                                  f"written by train.py, so do not load it unless you trust its source") from None
-        first = lines[0][:200] if lines else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable nanoptim checkpoint ({first}); "
-                              f"delete it or point to another checkpoint") from None
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "step" not in state:
-        raise CheckpointError(f"{path} is not a nanoptim checkpoint (no model/step entries); "
-                              f"point to a ckpt_*.pt written by train.py")
-    state["model"] = strip_prefixes(state["model"])
-    return state
+        return _read(path, map_location)
+    except _Unreadable as e:
+        raise CheckpointError(f"{path} is not a usable checkpoint: {e}; point to a ckpt_*.pt written by "
+                              f"train.py") from None
 
 
 def strip_prefixes(state_dict: dict) -> dict:
@@ -245,8 +258,8 @@ def load_latest(run_dir: str, map_location="cpu") -> tuple[dict | None, list[tup
         problem = checkpoint_problem(path)
         if problem is None:
             try:
-                state = load_checkpoint(path, map_location, verify=False)  # checkpoint_problem just verified it
-            except CheckpointError as e:
+                state = _read(path, map_location)  # checkpoint_problem has just verified its checksum
+            except _Unreadable as e:
                 problem = str(e)
             else:
                 state["path"] = path

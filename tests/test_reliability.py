@@ -646,7 +646,7 @@ def bad_input_rows(byte_data, good_run, base):
          ["none is usable", "no completion marker"]),
         (*train_row("checkpoint file that is not a checkpoint (valid marker)",
                     copy_run("garbage_marker", lambda r: garbage_ckpt(r, marker=True))),
-         ["none is usable", "not a readable nanoptim checkpoint"]),
+         ["none is usable", "not a torch.save archive"]),
         (*train_row("every checkpoint damaged (checksum mismatch)", copy_run("flipped", flip_bit)),
          ["none is usable", "SHA-256 does not match"]),
         (*train_row("malicious pickle in the run dir", copy_run("evil", evil_ckpt)),
@@ -663,7 +663,7 @@ def bad_input_rows(byte_data, good_run, base):
         ("sample: checkpoint does not exist", ["sample.py", "--ckpt", os.path.join(base, "nope.pt")], sample_run,
          ["does not exist"]),
         ("sample: file that is not a checkpoint", ["sample.py", "--ckpt", not_ckpt], sample_run,
-         ["not a readable nanoptim checkpoint"]),
+         ["not a usable checkpoint", "not a torch.save archive"]),
         ("sample: malicious pickle", ["sample.py", "--ckpt", evil_file], sample_run,
          ["safe loading refuses", "posix.system"]),
         ("sample: run dir without a checkpoint", ["sample.py", "--ckpt", base], sample_run, ["holds no checkpoint"]),
@@ -705,6 +705,7 @@ def test_bad_inputs_give_one_line_and_change_nothing(byte_data, good_run, tmp_pa
     for name, _, watched, words in rows:
         try:
             line = one_error_line(results[name])
+            print(f"{name} | {line}")
             for w in words:
                 assert w in line, f"{w!r} not in {line!r}"
             if name in control:
