@@ -335,6 +335,21 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(byte_data, referen
     assert_bit_identical(run_dir, reference)
 
 
+def test_allowed_config_change_takes_effect_on_resume(byte_data, tmp_path):
+    """--checkpoint.allow_config_change=true with a new optimizer.lr: the resumed steps use the new lr (the saved
+    param groups must not win over the config), and the optimizer state still carries over."""
+    run_dir = str(tmp_path / "run")
+    const = ["--train.max_steps=6", "--schedule.kind=constant", "--schedule.warmup_steps=0"]
+    ok(train(byte_data, run_dir, *const, "--train.stop_after=3"))
+    proc = ok(train(byte_data, run_dir, *const, "--optimizer.lr=2e-2", "--checkpoint.allow_config_change=true"))
+    assert "resumed from step 3 " in proc.stdout and "optimizer.lr: 0.01 -> 0.02" in proc.stdout
+    lrs = {json.loads(x)["step"]: json.loads(x)["lr"] for x in open(os.path.join(run_dir, "metrics.jsonl"))
+           if json.loads(x).get("kind") == "train"}
+    assert lrs == {0: 1e-2, 1: 1e-2, 2: 1e-2, 3: 2e-2, 4: 2e-2, 5: 2e-2}
+    state = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir, 6))
+    assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {6.0}  # AdamW moments carried over
+
+
 # ----------------------------------------------------------------------------- restarts (run.sh, torchrun)
 
 
