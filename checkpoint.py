@@ -13,9 +13,10 @@ Write protocol (save_checkpoint), each stage committed by an fsync + rename:
   4. checkpoints beyond keep_last are deleted, .pt first, marker second.
 A crash (SIGKILL, power loss) at any point therefore leaves a `.tmp` file, a marker without its .pt, or a complete
 pair; the first two are ignored and cleaned up. Because the marker is written *before* the .pt appears, a .pt
-without a marker was not written by this protocol (a foreign or damaged file), and one whose SHA-256
-differs from its marker was damaged or altered; such files are never loaded. A good checkpoint is then read
-with torch.load(weights_only=True), which refuses pickled code (a malicious .pt cannot run anything).
+without a marker was not written by this protocol (a checkpoint from an older nanoptim, a copy, or a foreign file:
+load_latest accepts it only if it loads as a complete checkpoint), and one whose SHA-256 differs from its marker was
+damaged or altered: it is never loaded. Checkpoints are read with torch.load(weights_only=True), which refuses
+pickled code (a malicious .pt cannot run anything).
 """
 
 import glob
@@ -235,7 +236,8 @@ def strip_prefixes(state_dict: dict) -> dict:
 
 
 def find_latest_good(run_dir: str) -> tuple[str | None, list[tuple[str, str]]]:
-    """(path of the newest checkpoint whose marker matches, or None; [(path, problem)] of the newer bad ones)."""
+    """(path of the newest checkpoint whose marker matches, or None; [(path, problem)] of the newer bad ones).
+    Checks checksums only (it loads nothing), so unlike load_latest it does not accept unmarked legacy files."""
     bad = []
     for _, path in list_checkpoints(run_dir):
         problem = checkpoint_problem(path)
@@ -246,23 +248,28 @@ def find_latest_good(run_dir: str) -> tuple[str | None, list[tuple[str, str]]]:
 
 
 def load_latest(run_dir: str, map_location="cpu") -> tuple[dict | None, list[tuple[str, str]]]:
-    """(the newest good checkpoint in run_dir or None, [(path, problem)] of the bad checkpoints newer than it).
+    """(the newest usable checkpoint in run_dir or None, [(path, problem)] of the bad checkpoints newer than it).
 
-    The state's "path" entry says which file it came from. A bad checkpoint is a .pt without a matching marker,
-    or one that fails to unpickle. The caller decides what to do with the bad ones (train.py renames them with
-    set_aside once it has checked that the good one fits). If the run directory holds checkpoints and none of them
-    is good, raises CheckpointError rather than letting the run silently start over. Writes nothing.
+    Usable: its .sha256 marker matches and it loads. A .pt with no marker at all is accepted only if it loads as a
+    complete checkpoint (zip directory present, weights_only unpickling, model/step entries): it was written by a
+    nanoptim from before the markers, or copied without its marker; such a state has "unverified": True. (The
+    write protocol itself never leaves an unmarked .pt behind: a torn write is a .tmp.) A marker that does not
+    match is never overridden. The state's "path" entry says which file it came from. The caller decides what to
+    do with the bad ones (train.py renames them with set_aside once it has checked that the usable one fits). If
+    the run directory holds checkpoints and none is usable, raises CheckpointError rather than letting the run
+    silently start over. Writes nothing.
     """
     problems = []  # (path, problem) of the bad checkpoints newer than the one being tried
     for _, path in list_checkpoints(run_dir):
         problem = checkpoint_problem(path)
-        if problem is None:
+        unmarked = problem is not None and not os.path.exists(marker_path(path))
+        if problem is None or unmarked:
             try:
-                state = _read(path, map_location)  # checkpoint_problem has just verified its checksum
+                state = _read(path, map_location)  # its checksum has just been verified (or it has none)
             except _Unreadable as e:
-                problem = str(e)
+                problem = f"{problem}, and {e}" if unmarked else str(e)
             else:
-                state["path"] = path
+                state["path"], state["unverified"] = path, unmarked
                 return state, problems
         problems.append((path, problem))
     if problems:
@@ -291,17 +298,3 @@ def clean_incomplete(run_dir: str) -> list[str]:
             _remove_quietly(marker)
             removed.append(marker)
     return removed
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A ckpt file, or a run dir (→ its newest good checkpoint). For sample.py and --resume-from style use."""
-    if os.path.isdir(path):
-        if not list_checkpoints(path):
-            raise CheckpointError(f"{path} holds no checkpoint (ckpt_*.pt); train first or pass another run dir")
-        good, bad = find_latest_good(path)
-        if good is None:
-            p, problem = bad[0]
-            raise CheckpointError(f"{path} holds no usable checkpoint ({os.path.basename(p)}: {problem}); "
-                                  f"pass another run dir or a ckpt_*.pt file")
-        return good
-    return path

@@ -2,8 +2,9 @@
 
     python sample.py --ckpt out/tiny_cpu --prompt "ROMEO:" --num_samples 2 --max_new_tokens 100 --seed 1
 
---ckpt takes a run directory (its newest good checkpoint: one whose .sha256 marker matches) or a ckpt_*.pt file
-(checked against its marker when the marker is next to it; a lone copied .pt is still read with weights_only=True).
+--ckpt takes a run directory (its newest usable checkpoint, as train.py would resume from) or a ckpt_*.pt file
+(checked against its .sha256 marker when the marker is next to it; a lone copied .pt is still read with
+weights_only=True).
 The output is a deterministic function of the checkpoint, the arguments and --seed (sampling uses its own
 torch.Generator). Bad input (no checkpoint, a damaged or foreign file, an empty or too-long prompt) is reported as
 one `error:` line with exit code 2.
@@ -24,8 +25,12 @@ EOT = 50256  # GPT-2's <|endoftext|>: the prompt when none is given
 
 
 def load_model(path: str, device: str) -> tuple[GPT, dict]:
-    file = ckpt.resolve_checkpoint(path)  # a run dir resolves to a checkpoint whose marker it has just verified
-    state = ckpt.load_checkpoint(file, verify=not os.path.isdir(path) and os.path.exists(ckpt.marker_path(file)))
+    if os.path.isdir(path):  # a run dir: its newest usable checkpoint, exactly as train.py would resume from it
+        if not ckpt.list_checkpoints(path):
+            raise CheckpointError(f"{path} holds no checkpoint (ckpt_*.pt); train first or pass another run dir")
+        state, _ = ckpt.load_latest(path)
+    else:
+        state = ckpt.load_checkpoint(path, verify=os.path.exists(ckpt.marker_path(path)))
     if "model_config" not in state:
         raise CheckpointError(f"{path} has no model_config entry; it was not written by train.py")
     try:

@@ -256,6 +256,9 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
             raise ConfigError(f"{run_dir} already holds checkpoints and checkpoint.resume = 'never'; "
                               f"use another --logging.run_dir or --checkpoint.resume=auto")
         state, bad = ckpt.load_latest(run_dir, map_location="cpu")
+        if state is not None and state["unverified"]:
+            log(f"warning: {state['path']} has no .sha256 completion marker (written by an older nanoptim, or "
+                f"copied without it); it reads as a complete checkpoint, so the run resumes from it")
         return (state["path"] if state else None), bad
 
     resume_path, bad_checkpoints = _from_master(ddp, master, choose_checkpoint)

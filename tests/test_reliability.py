@@ -350,6 +350,19 @@ def test_allowed_config_change_takes_effect_on_resume(byte_data, tmp_path):
     assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {6.0}  # AdamW moments carried over
 
 
+def test_checkpoints_from_before_the_markers_still_resume(byte_data, reference, tmp_path):
+    """A run dir written by a nanoptim without .sha256 markers (simulated by deleting them) resumes with a warning
+    and ends bit-identical; the checkpoints written after the resume have markers."""
+    run_dir = str(tmp_path / "run")
+    ok(train(byte_data, run_dir, "--train.stop_after=6"))
+    for marker in [ckpt.marker_path(p) for _, p in ckpt.list_checkpoints(run_dir)]:
+        os.remove(marker)
+    proc = ok(train(byte_data, run_dir))
+    assert "resumed from step 6 " in proc.stdout and "has no .sha256 completion marker" in proc.stdout
+    assert_bit_identical(run_dir, reference)
+    assert_clean_and_verified(run_dir)
+
+
 # ----------------------------------------------------------------------------- restarts (run.sh, torchrun)
 
 
@@ -789,10 +802,20 @@ def test_checkpoint_protocol_states(tmp_path):
     assert loaded["step"] == 4 and bad == []
     assert sorted(ckpt.clean_incomplete(run_dir)) == sorted([ckpt.checkpoint_path(run_dir, 6) + ".tmp",
                                                              ckpt.marker_path(ckpt.checkpoint_path(run_dir, 8))])
-    # a .pt without a marker is foreign: skipped in favour of the older good one, reported as bad
-    open(ckpt.checkpoint_path(run_dir, 10), "wb").write(open(p4, "rb").read())
+    p10 = ckpt.checkpoint_path(run_dir, 10)
+    # an unmarked .pt that does not load (foreign, torn copy): skipped for the older good one, reported as bad
+    open(p10, "wb").write(open(p4, "rb").read()[:-100])
     loaded, bad = ckpt.load_latest(run_dir)
-    assert loaded["step"] == 4 and [b[0] for b in bad] == [ckpt.checkpoint_path(run_dir, 10)]
+    assert loaded["step"] == 4 and not loaded["unverified"] and [b[0] for b in bad] == [p10]
+    assert "no completion marker" in bad[0][1] and "not a torch.save archive" in bad[0][1]
+    # an unmarked .pt that loads completely (an older nanoptim's checkpoint): used, flagged as unverified
+    open(p10, "wb").write(open(p4, "rb").read())
+    loaded, bad = ckpt.load_latest(run_dir)
+    assert loaded["path"] == p10 and loaded["unverified"] and bad == []
+    # a marker that does not match is never overridden, even though the file itself would load
+    open(ckpt.marker_path(p10), "w").write("0" * 64 + "  ckpt_00000010.pt\n")
+    loaded, bad = ckpt.load_latest(run_dir)
+    assert loaded["path"] == p4 and [b[0] for b in bad] == [p10] and "SHA-256 does not match" in bad[0][1]
     ckpt.set_aside(*bad[0], log=lambda *a: None)
     assert [s for s, _ in ckpt.list_checkpoints(run_dir)] == [4, 2]
     # keep_last prunes the .pt and its marker
