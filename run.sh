@@ -2,8 +2,8 @@
 # Launch training on every GPU of this machine (or one CPU process), then print the result.
 #
 #   bash run.sh                                   # the default: tiny model on Shakespeare, CPU, a few minutes
-#   bash run.sh configs/gpt2_124m_adamw.toml      # torchrun --nproc_per_node=<number of GPUs>
-#   bash run.sh configs/gpt2_124m_adamw.toml --optimizer.name=lion --optimizer.lr=1e-4
+#   bash run.sh configs/gpt2_124m.toml      # torchrun --nproc_per_node=<number of GPUs>
+#   bash run.sh configs/gpt2_124m.toml --optimizer.name=lion --optimizer.lr=1e-4
 #
 # Environment: NPROC (processes per node; default = number of GPUs, or 1 without GPUs),
 # NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT for multi-node runs (one node: a free port is picked unless

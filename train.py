@@ -1,8 +1,8 @@
 """Train a GPT-2 (or LLaMA-style) model on token shards, on one process or many (DDP via torchrun).
 
     python train.py configs/tiny_cpu.toml --optimizer.name=lion           # one process (CPU or one GPU)
-    torchrun --standalone --nproc_per_node=8 train.py configs/gpt2_124m_adamw.toml
-    bash run.sh configs/gpt2_124m_adamw.toml                               # picks the number of GPUs for you
+    torchrun --standalone --nproc_per_node=8 train.py configs/gpt2_124m.toml
+    bash run.sh configs/gpt2_124m.toml                               # picks the number of GPUs for you
 
 What one step does: the global batch (train.batch_tokens, independent of the number of processes) is split
 into micro-batches; each process runs forward/backward on its share with gradient accumulation (DDP syncs
