@@ -259,8 +259,6 @@ for m in methods:
             shutil.copyfile(os.path.join(d, fn), os.path.join(keep, fn))
 if not runs:
     sys.exit(f"error: no finished final runs under {out}/final. Run `bash benchmarks/repro_cpu.sh final` first")
-plot.plot_curves(runs, "flops", os.path.join(res, "val_loss_vs_flops.png"))
-plot.plot_pareto(runs, os.path.join(res, "val_loss_vs_flops_pareto.png"))
 with open(os.path.join(res, "runs.md"), "w") as f:
     f.write("# Every final run (plot.py's table)\n\n" + plot.markdown_table(runs))
 
@@ -273,6 +271,50 @@ for m, rs in by_method.items():
                     opt_frac=float(np.mean([r.optimizer_flops / r.total_flops for r in rs])),
                     time=float(np.mean([r.elapsed_s for r in rs])), lr=lr_text(m))
 order = sorted(stats, key=lambda m: stats[m]["mean"])
+
+# ---- the two figures: one line / point per method (mean of the seeds), the seeds' range shaded / as error bars.
+# (plot.py draws one line per run: `python plot.py docs/results/runs/*`; with 20 runs, per method reads better.)
+plt = plot._pyplot()
+COLORS = {"lionmuon_p1": "#08306b", "muon": "#2171b5", "olion": "#6baed6", "signmuon_p2": "#238b45",
+          "lionmuon_p2": "#74c476", "lionmuon_p5": "#a1d99b", "lion": "#d94801", "signum": "#fd8d3c",
+          "leo": "#fdae6b", "adamw": "#000000"}
+fig, ax = plt.subplots(figsize=(9, 5.2))
+for m in order:
+    rs = by_method[m]
+    steps = sorted({e["step"] for e in rs[0].evals if e["step"] > 0})  # step 0 (loss 10.8, 0 FLOPs) is off the chart
+    x = [np.mean([next(e["total_flops"] for e in r.evals if e["step"] == s) for r in rs]) for s in steps]
+    y = np.array([[next(e["val_loss"] for e in r.evals if e["step"] == s) for s in steps] for r in rs])
+    ax.plot(x, y.mean(0), marker="o", markersize=3, color=COLORS.get(m), label=f"{NAMES[m]}: {stats[m]['mean']:.3f}")
+    ax.fill_between(x, y.min(0), y.max(0), color=COLORS.get(m), alpha=0.2, linewidth=0)
+ax.set_xlabel("total training FLOPs (model + optimizer)")
+ax.set_ylabel("validation loss")
+ax.set_title("Tiny GPT-2 on Shakespeare, 100 steps x 2048 tokens: mean of 2 seeds (band: the two seeds)", fontsize=10)
+ax.grid(True, alpha=0.3)
+ax.legend(title="best val loss (mean)", fontsize=8, title_fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+fig.tight_layout()
+fig.savefig(os.path.join(res, "val_loss_vs_flops.png"), dpi=120)
+plt.close(fig)
+
+fig, ax = plt.subplots(figsize=(9, 5.2))
+pts = {m: (stats[m]["flops"], stats[m]["mean"]) for m in order}
+for m in order:
+    lo, hi = min(stats[m]["seeds"]), max(stats[m]["seeds"])
+    fx, fy = pts[m]
+    ax.errorbar([fx], [fy], yerr=[[fy - lo], [hi - fy]], marker="o", color=COLORS.get(m), capsize=3,
+                label=NAMES[m])
+    ax.annotate(NAMES[m], (fx, fy), textcoords="offset points", xytext=(6, -3), fontsize=8)
+front = [list(pts)[i] for i in plot.pareto_front(list(pts.values()))]
+ax.plot([pts[m][0] for m in front], [pts[m][1] for m in front], color="grey", linewidth=1, drawstyle="steps-post",
+        zorder=0, label="Pareto frontier (means)")
+ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v / 1e12:.2f}e12"))
+ax.set_xlabel("total training FLOPs (model + optimizer); the spread is the optimizers' own FLOPs")
+ax.set_ylabel("best validation loss (mean of 2 seeds; bars: the two seeds)")
+ax.set_title("Best val loss vs FLOPs, same 204,800 tokens for every method", fontsize=10)
+ax.grid(True, alpha=0.3)
+ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+fig.tight_layout()
+fig.savefig(os.path.join(res, "val_loss_vs_flops_pareto.png"), dpi=120)
+plt.close(fig)
 lines = ["| rank | method | LR (tuned) | best val loss, mean ± half-range | seed 1 | seed 2 | final val loss (mean) "
          "| total FLOPs | optimizer share | train time / run |",
          "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -293,7 +335,9 @@ for a, b in zip(PAPER, PAPER[1:]):
     sd = [np.std(stats[x]["seeds"], ddof=1) if stats[x]["n"] > 1 else math.nan for x in (a, b)]
     se = math.sqrt(sd[0] ** 2 / stats[a]["n"] + sd[1] ** 2 / stats[b]["n"])
     z = gap / se if se > 0 else math.inf
-    pairs.append(f"| {NAMES[a]} < {NAMES[b]} | {gap:+.4f} | {'yes' if gap > 0 else '**no**'} | {z:+.1f} "
+    # |gap| < 2 standard errors: the two seeds cannot tell the pair apart (a crude test with 2 seeds per method).
+    holds = ("yes" if gap > 0 else "**no**") + (", clearly" if abs(z) >= 2 else ", within noise")
+    pairs.append(f"| {NAMES[a]} < {NAMES[b]} | {gap:+.4f} | {holds} | {z:+.1f} "
                  f"| {max(stats[a]['half_range'], stats[b]['half_range']):.4f} |")
 here = [m for m in order if m in PAPER]
 noise = float(np.mean([stats[m]["half_range"] for m in stats]))
