@@ -14,8 +14,9 @@
 #
 # The sweep has phases because later ones build on earlier results: every hybrid's backup AdamW (embeddings, norms)
 # uses the tuned AdamW lr (phase 1); LionMuon P=2/P=5 and SignMuon P=2 sweep eta_M (phase 3) at the tuned Lion eta_L
-# (phase 2), then eta_L at their tuned eta_M (phase 4). The tuned values live in the configs, which is what the later
-# phases read: after a fresh sweep, run `pick` and update the configs before the next phase and before `final`.
+# (phase 2, read from configs/repro_cpu_lion.toml), then eta_L at their tuned eta_M (phase 4). The tuned values live in
+# the configs, which is what the later phases read: after a fresh sweep, run `pick` and update the configs before the
+# next phase and before `final`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -95,12 +96,18 @@ PY
 
 sweep_phase() {  # sweep_phase GRID|GRID_ETA_L METHOD...
   local -n grid=$1
-  local suffix=$([ "$1" = GRID_ETA_L ] && echo _eta_l) cmds=() m name
+  local suffix=$([ "$1" = GRID_ETA_L ] && echo _eta_l) cmds=() m name extra
+  local phase3=$([ "$1" = GRID ] && echo " ${PHASE3[*]} ")
   shift
   for m in "$@"; do
     name=sweep_$m$suffix
+    extra=
+    # Phase 3 sweeps eta_M at eta_L = the tuned Lion eta_L (the paper's protocol), not at the config's eta_L, which
+    # phase 4 has tuned since.
+    [[ "$phase3" == *" $m "* ]] && extra="--optimizer.lion_lr=$($PY -c 'from config import load_config
+print(load_config("configs/repro_cpu_lion.toml").optimizer.lion_lr)')"
     cmds+=("$PY sweep.py configs/repro_cpu_$m.toml --grid ${grid[$m]} --out $OUT/$name --launcher '$PY train.py' \
--- ${SWEEP_EXTRA[*]} > $OUT/logs/$name.log 2>&1 && rm -f $OUT/$name/*/ckpt_*.pt && echo '$name: done' \
+-- ${SWEEP_EXTRA[*]} $extra > $OUT/logs/$name.log 2>&1 && rm -f $OUT/$name/*/ckpt_*.pt && echo '$name: done' \
 || { echo '$name: FAILED (see $OUT/logs/$name.log)'; exit 1; }")
   done
   run_parallel "${cmds[@]}"
