@@ -107,7 +107,7 @@ sweep_phase() {  # sweep_phase GRID|GRID_ETA_L METHOD...
     [[ "$phase3" == *" $m "* ]] && extra="--optimizer.lion_lr=$($PY -c 'from config import load_config
 print(load_config("configs/repro_cpu_lion.toml").optimizer.lion_lr)')"
     cmds+=("$PY sweep.py configs/repro_cpu_$m.toml --grid ${grid[$m]} --out $OUT/$name --launcher '$PY train.py' \
--- ${SWEEP_EXTRA[*]} $extra > $OUT/logs/$name.log 2>&1 && rm -f $OUT/$name/*/ckpt_*.pt && echo '$name: done' \
+-- ${SWEEP_EXTRA[*]} $extra > $OUT/logs/$name.log 2>&1 && rm -f $OUT/$name/*/ckpt_* && echo '$name: done' \
 || { echo '$name: FAILED (see $OUT/logs/$name.log)'; exit 1; }")
   done
   run_parallel "${cmds[@]}"
@@ -158,9 +158,9 @@ final() {
       name=${m}_s$s
       dir=$OUT/final/$name
       [ -f "$dir/final.json" ] && continue
-      # The checkpoint is only needed to resume an interrupted run; drop it once the run has finished (87 MB each).
+      # The checkpoint is only needed to resume an interrupted run; drop it (and its checksum) once the run has finished (87 MB).
       cmds+=("$PY train.py configs/repro_cpu_$m.toml --train.seed=$s --logging.run_dir=$dir --logging.run_name=$name \
-> $OUT/logs/final_$name.log 2>&1 && rm -f $dir/ckpt_*.pt && echo 'final $name: done' \
+> $OUT/logs/final_$name.log 2>&1 && rm -f $dir/ckpt_* && echo 'final $name: done' \
 || { echo 'final $name: FAILED (see $OUT/logs/final_$name.log)'; exit 1; }")
     done
   done
