@@ -158,7 +158,7 @@ final() {
       name=${m}_s$s
       dir=$OUT/final/$name
       [ -f "$dir/final.json" ] && continue
-      # The checkpoint is only needed to resume an interrupted run; drop it (and its checksum) once the run has finished (87 MB).
+      # A checkpoint (87 MB) only serves to resume an interrupted run: drop it and its checksum once the run finished.
       cmds+=("$PY train.py configs/repro_cpu_$m.toml --train.seed=$s --logging.run_dir=$dir --logging.run_name=$name \
 > $OUT/logs/final_$name.log 2>&1 && rm -f $dir/ckpt_* && echo 'final $name: done' \
 || { echo 'final $name: FAILED (see $OUT/logs/final_$name.log)'; exit 1; }")
