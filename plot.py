@@ -207,15 +207,20 @@ def _pyplot():
 
 
 def _log_x(ax):
-    """Log x axis labelled 1e+12, 2e+12, 5e+12, ...: matplotlib's default minor labels overlap."""
+    """Log x axis with readable labels: decades and 2×/5× ticks on a wide range, every integer multiple on a range
+    narrower than a decade (matplotlib's defaults overlap or, on a narrow range, label nothing)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
     lo, hi = ax.get_xlim()
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))
-    if hi / lo < 300:  # a narrow range has at most ~2 decade ticks: label 2x and 5x too
+    label = FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax.xaxis.set_major_formatter(label)
+    if hi / lo < 10:
+        ax.xaxis.set_minor_locator(LogLocator(subs=tuple(range(1, 10))))
+        ax.xaxis.set_minor_formatter(label)
+    elif hi / lo < 300:
         ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))
+        ax.xaxis.set_minor_formatter(label)
     else:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
