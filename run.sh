@@ -39,9 +39,16 @@ if [ ! -d "$DATA_DIR" ] && [ "$DATA_DIR" = "data/shakespeare" ]; then
   $PY -m data.prepare shakespeare --out "$DATA_DIR"
 fi
 
+NGPU=$($PY -c 'import torch; print(torch.cuda.device_count())')
 if [ -z "${NPROC:-}" ]; then
-  NPROC=$($PY -c 'import torch; print(torch.cuda.device_count())')
+  NPROC=$NGPU
   [ "$NPROC" -gt 0 ] || NPROC=1
+fi
+if [ "$NGPU" -eq 0 ]; then
+  # CPU training allocates and frees the large logits every step; glibc would mmap/munmap them each time (page
+  # faults). Keeping freed memory in the heap made tiny-model steps 1.5x faster on a 2-core CPU
+  # (benchmarks/RESULTS.md). Set these variables yourself to override.
+  export MALLOC_MMAP_MAX_=${MALLOC_MMAP_MAX_:-0} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-68719476736}
 fi
 NNODES=${NNODES:-1}
 MAX_RESTARTS=${MAX_RESTARTS:-3}
