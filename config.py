@@ -73,7 +73,7 @@ class ScheduleSection:
 class TrainSection:
     max_steps: int = 200
     batch_tokens: int = 8192  # global batch in tokens, independent of the number of processes
-    micro_batch: int = 8  # sequences per forward/backward per process; 0 = the whole per-process share (no accumulation)
+    micro_batch: int = 8  # sequences per forward/backward per process; 0 = each process's whole share at once
     seed: int = 1337
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     dtype: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU) | "float32" | "bfloat16"
@@ -314,7 +314,8 @@ def validate(cfg: RunConfig) -> None:
     for dotted in ("train.max_steps", "train.batch_tokens", "train.log_interval",
                    "train.eval_interval", "data.val_tokens", "model.vocab_size", "checkpoint.keep_last"):
         positive(dotted)
-    for dotted in ("model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "train.grad_clip", "train.micro_batch",
+    for dotted in ("model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "train.grad_clip",
+                   "train.micro_batch",
                    "schedule.warmup_steps", "checkpoint.interval", "train.seed", "train.stop_after"):
         positive(dotted, allow_zero=True)
     if not 0.0 <= cfg.model.dropout < 1.0:

@@ -9,7 +9,8 @@ Every cell of the cartesian product of the --grid values runs sequentially, one 
         --logging.run_dir=DIR/<cell> --logging.run_name=<cell> --logging.group=<sweep name>
 
 so each cell gets all GPUs through run.sh (the default launcher is the run.sh next to this file; BASE.toml
-and DIR are passed as absolute paths because run.sh changes into the repo directory). The cell name is made from its overrides
+and DIR are passed as absolute paths because run.sh changes into the repo directory). The cell name is made from
+its overrides
 (optimizer.lr=1e-3, optimizer.lion_lr=5e-5 -> lr1e-3_lion_lr5e-5); the sweep name (the wandb group)
 is the basename of DIR, by default runs/sweep_<BASE stem>.
 

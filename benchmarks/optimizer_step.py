@@ -138,7 +138,7 @@ def main():
         for name, opt, k, _ in runners:
             times[name].append(time_fn(opt.step, device, 1, 0, k))
     rows = {}
-    for name, opt, k, desc in runners:
+    for name, opt, _k, desc in runners:
         rows[name] = dict(time=statistics.median(times[name]), bytes=state_bytes(opt), set=desc)
         print(f"{name:24s} {desc:6s} {rows[name]['time'] * 1e3:10.2f} ms   "
               f"state {rows[name]['bytes'] / 2**20:8.1f} MiB", flush=True)

@@ -177,7 +177,7 @@ def orthogonalize(mats: list[torch.Tensor], steps: int = 5, coefficients: str = 
     width = max(sizes)
     send = torch.zeros(width, dtype=dtype, device=mats[0].device)
     offset = 0
-    for _, idx, Y in _run_buckets(mats, plan[rank], steps, coefficients, dtype, eps):
+    for _, _idx, Y in _run_buckets(mats, plan[rank], steps, coefficients, dtype, eps):
         send[offset:offset + Y.numel()].copy_(Y.reshape(-1))
         offset += Y.numel()
     recv = torch.empty((world_size, width), dtype=dtype, device=mats[0].device)

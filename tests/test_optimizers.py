@@ -368,7 +368,7 @@ class Tiny(torch.nn.Module):
             "transformer.h.0.attn.c_proj.weight": (16, 16), "transformer.h.0.mlp.c_fc.weight": (64, 16),
             "transformer.h.0.mlp.c_proj.weight": (16, 64), "transformer.ln_f.weight": (16,),
         }
-        for i, (n, s) in enumerate(self.names.items()):
+        for i, (_n, s) in enumerate(self.names.items()):
             self.p[str(i)] = torch.nn.Parameter(torch.randn(s, generator=g) * 0.1)
 
     def named_parameters(self, *args, **kwargs):
@@ -430,7 +430,7 @@ def test_last_step_flops():
     mats = [(48, 16), (16, 16), (64, 16), (16, 64), (32, 16)]  # lionmuon routes wpe (32×16) to the matrices too
     opt = build_optimizer(model, OptimizerConfig(name="lionmuon", period=2), "cpu")
     seen = []
-    for t in range(4):
+    for _t in range(4):
         for _, p in model.named_parameters():
             p.grad = torch.randn_like(p)
         opt.step()
