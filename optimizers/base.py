@@ -74,6 +74,17 @@ class NanoptimOptimizer(torch.optim.Optimizer):
     def _step_main(self, groups: list[dict]) -> dict:
         raise NotImplementedError
 
+    def _step_elementwise(self, groups: list[dict], update) -> dict:
+        """The `_step_main` of the one-buffer elementwise methods (Lion, Signum, Leo): for each group with gradients,
+        update(group, params, grads, exp_avgs) on lists of tensors; returns the step's (estimated) FLOPs."""
+        n = 0
+        for group in groups:
+            params, grads, (exp_avgs,) = self._collect(group, ("exp_avg",))
+            if params:
+                update(group, params, grads, exp_avgs)
+                n += sum(p.numel() for p in params)
+        return {"matmul": 0, "elementwise": ELEMENTWISE_PER_ELEMENT[self.method] * n}
+
     def _apply_matrix_updates(self, work, params, outs, scale):
         """p ← p·(1 − lr·wd) − lr·s·O for each (group, _), p, O with s = scale(group, rows, cols); one foreach call
         per (group, s)."""

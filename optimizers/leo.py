@@ -19,7 +19,6 @@ No matmuls; the 2-D normalisation is done per matrix. State: one buffer `exp_avg
 import torch
 
 from .base import NanoptimOptimizer
-from .flops import ELEMENTWISE_PER_ELEMENT
 
 
 class Leo(NanoptimOptimizer):
@@ -34,26 +33,23 @@ class Leo(NanoptimOptimizer):
                                       align_const=align_const, eps=eps))
 
     def _step_main(self, groups):
-        n = 0
-        for group in groups:
-            ps, grads, (bufs,) = self._collect(group, ("exp_avg",))
-            if not ps:
-                continue
-            lr, wd, eps, align = group["lr"], group["weight_decay"], group["eps"], group["align_const"]
-            beta1, beta2 = group["betas"]
-            directions = torch._foreach_lerp(grads, bufs, beta1)
-            torch._foreach_lerp_(bufs, grads, 1.0 - beta2)
-            for u in directions:
-                if u.ndim == 2:
-                    rows = torch.linalg.vector_norm(u, dim=1, keepdim=True)
-                    cols = torch.linalg.vector_norm(u, dim=0, keepdim=True)
-                    U = u / (rows + eps) + u / (cols + eps)
-                    rms = U.square().mean().add_(eps).sqrt_()
-                    u.copy_(U.mul_(align / (rms + eps)))  # reuse u's storage for the update
-                else:
-                    u.sign_().mul_(align)
-            if wd != 0:
-                torch._foreach_mul_(ps, 1.0 - lr * wd)
-            torch._foreach_add_(ps, directions, alpha=-lr)
-            n += sum(p.numel() for p in ps)
-        return {"matmul": 0, "elementwise": ELEMENTWISE_PER_ELEMENT["leo"] * n}
+        return self._step_elementwise(groups, self._leo_update)
+
+    @staticmethod
+    def _leo_update(group, ps, grads, bufs):
+        lr, wd, eps, align = group["lr"], group["weight_decay"], group["eps"], group["align_const"]
+        beta1, beta2 = group["betas"]
+        directions = torch._foreach_lerp(grads, bufs, beta1)
+        torch._foreach_lerp_(bufs, grads, 1.0 - beta2)
+        for u in directions:
+            if u.ndim == 2:
+                rows = torch.linalg.vector_norm(u, dim=1, keepdim=True)
+                cols = torch.linalg.vector_norm(u, dim=0, keepdim=True)
+                U = u / (rows + eps) + u / (cols + eps)
+                rms = U.square().mean().add_(eps).sqrt_()
+                u.copy_(U.mul_(align / (rms + eps)))  # reuse u's storage for the update
+            else:
+                u.sign_().mul_(align)
+        if wd != 0:
+            torch._foreach_mul_(ps, 1.0 - lr * wd)
+        torch._foreach_add_(ps, directions, alpha=-lr)

@@ -17,7 +17,6 @@ benchmarks/RESULTS.md.)
 import torch
 
 from .base import NanoptimOptimizer
-from .flops import ELEMENTWISE_PER_ELEMENT
 
 
 class Lion(NanoptimOptimizer):
@@ -29,16 +28,8 @@ class Lion(NanoptimOptimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
 
     def _step_main(self, groups):
-        n = 0
-        for group in groups:
-            params, grads, (exp_avgs,) = self._collect(group, ("exp_avg",))
-            if not params:
-                continue
-            lr, wd = group["lr"], group["weight_decay"]
-            beta1, beta2 = group["betas"]
-            lion_foreach(params, grads, exp_avgs, lr, wd, beta1, beta2)
-            n += sum(p.numel() for p in params)
-        return {"matmul": 0, "elementwise": ELEMENTWISE_PER_ELEMENT["lion"] * n}
+        return self._step_elementwise(groups, lambda group, params, grads, exp_avgs: lion_foreach(
+            params, grads, exp_avgs, group["lr"], group["weight_decay"], *group["betas"]))
 
 
 def lion_foreach(params, grads, exp_avgs, lr, wd, beta1, beta2):

@@ -14,7 +14,6 @@ steps). The SGD-style buffer m ← μm + g gives the same direction (sign is sca
 import torch
 
 from .base import NanoptimOptimizer
-from .flops import ELEMENTWISE_PER_ELEMENT
 
 
 class Signum(NanoptimOptimizer):
@@ -26,15 +25,8 @@ class Signum(NanoptimOptimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
     def _step_main(self, groups):
-        n = 0
-        for group in groups:
-            params, grads, (exp_avgs,) = self._collect(group, ("exp_avg",))
-            if not params:
-                continue
-            lr, wd, beta = group["lr"], group["weight_decay"], group["momentum"]
-            signum_foreach(params, grads, exp_avgs, lr, wd, beta)
-            n += sum(p.numel() for p in params)
-        return {"matmul": 0, "elementwise": ELEMENTWISE_PER_ELEMENT["signum"] * n}
+        return self._step_elementwise(groups, lambda group, params, grads, exp_avgs: signum_foreach(
+            params, grads, exp_avgs, group["lr"], group["weight_decay"], group["momentum"]))
 
 
 def signum_foreach(params, grads, exp_avgs, lr, wd, beta):

@@ -48,18 +48,23 @@ def bpe_dir() -> str:
 TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=64", "--model.block_size=64"]
 
 
+def write_splits(out, name: str, tokens, n_train: int, n_val: int) -> str:
+    """A data dir holding <name>_train_000000.bin (the first n_train tokens) and <name>_val_000000.bin (the last
+    n_val tokens)."""
+    from data.shards import write_shard
+
+    write_shard(os.path.join(out, f"{name}_train_000000.bin"), tokens[:n_train])
+    write_shard(os.path.join(out, f"{name}_val_000000.bin"), tokens[-n_val:])
+    return str(out)
+
+
 @pytest.fixture(scope="session")
 def text_data_dir(tmp_path_factory):
     """Shards of real English (corpus_text(), GPT-2 tokens): 120k train, 8k val tokens."""
-    from data.shards import write_shard
     from data.tokenizer import get_gpt2_encoding
 
-    text = corpus_text()[:600_000]
-    tokens = np.array(get_gpt2_encoding().encode_ordinary(text), dtype=np.uint16)
-    out = tmp_path_factory.mktemp("shakespeare_shards")
-    write_shard(str(out / "shakespeare_train_000000.bin"), tokens[:120_000])
-    write_shard(str(out / "shakespeare_val_000000.bin"), tokens[-8_000:])
-    return str(out)
+    tokens = np.array(get_gpt2_encoding().encode_ordinary(corpus_text()[:600_000]), dtype=np.uint16)
+    return write_splits(tmp_path_factory.mktemp("shakespeare_shards"), "shakespeare", tokens, 120_000, 8_000)
 
 
 def train_args(data_dir, run_dir, *extra):

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, corpus_text
+from conftest import ROOT, corpus_text, write_splits
 
 import checkpoint as ckpt
 from errors import CheckpointError
@@ -46,14 +46,8 @@ SMALL = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.
 @pytest.fixture(scope="module")
 def byte_data(tmp_path_factory):
     """tinyshakespeare as bytes (ids < 128): 200k train tokens, 20k val tokens."""
-    from data.shards import write_shard
-
-    raw = corpus_text().encode("ascii", "replace")
-    tokens = np.frombuffer(raw, dtype=np.uint8).astype(np.uint16)
-    out = tmp_path_factory.mktemp("bytes")
-    write_shard(str(out / "bytes_train_000000.bin"), tokens[:200_000])
-    write_shard(str(out / "bytes_val_000000.bin"), tokens[-20_000:])
-    return str(out)
+    tokens = np.frombuffer(corpus_text().encode("ascii", "replace"), dtype=np.uint8).astype(np.uint16)
+    return write_splits(tmp_path_factory.mktemp("bytes"), "bytes", tokens, 200_000, 20_000)
 
 
 def args(data_dir, run_dir, *extra):
