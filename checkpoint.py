@@ -28,7 +28,9 @@ import zipfile
 
 import torch
 
+from atomic import atomic_write, fsync_dir
 from errors import CheckpointError
+from model import unwrapped_name
 
 CKPT_PATTERN = re.compile(r"^ckpt_(\d{8})\.pt$")
 FORMAT_VERSION = 1
@@ -54,40 +56,11 @@ def list_checkpoints(run_dir: str) -> list[tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
-def _fsync_dir(path: str) -> None:
-    # The rename is only durable once the directory entry is on disk (ext4/xfs need this after a rename).
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)
     except OSError:
         pass
-
-
-def atomic_write_bytes(path: str, write_fn, tmp: str | None = None) -> None:
-    """write_fn(file) on `path + '.tmp'` (or `tmp`), fsync, rename over `path`; on any error `path` is untouched."""
-    tmp = tmp or path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 class _HashingWriter:
@@ -145,7 +118,7 @@ def save_checkpoint(run_dir: str, state: dict, keep_last: int) -> str:
             if os.path.exists(path):  # re-saving a step: the old pair must not look complete with the new marker
                 os.remove(path)
             name = os.path.basename(path)
-            atomic_write_bytes(marker, lambda m: m.write(f"{w.sha.hexdigest()}  {name}\n".encode()))
+            atomic_write(marker, lambda m: m.write(f"{w.sha.hexdigest()}  {name}\n".encode()))
             os.replace(tmp, path)
         except BaseException:
             _remove_quietly(tmp)
@@ -154,7 +127,7 @@ def save_checkpoint(run_dir: str, state: dict, keep_last: int) -> str:
         raise CheckpointError(
             f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoint is intact; "
             f"free disk space or fix permissions of {run_dir}, then rerun the same command to resume") from None
-    _fsync_dir(os.path.abspath(run_dir))
+    fsync_dir(os.path.abspath(run_dir))
     for _, old in list_checkpoints(run_dir)[keep_last:]:
         _remove_quietly(old)  # the .pt first: a crash in between leaves a lone marker, which is ignored
         _remove_quietly(marker_path(old))
@@ -199,7 +172,7 @@ def _read(path: str, map_location) -> dict:
         raise _Unreadable(f"it cannot be read ({(lines[0][:200] if lines else type(e).__name__)})") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "step" not in state:
         raise _Unreadable("it is not a nanoptim checkpoint (no model/step entries)")
-    state["model"] = strip_prefixes(state["model"])
+    state["model"] = {unwrapped_name(k): v for k, v in state["model"].items()}
     return state
 
 
@@ -222,29 +195,6 @@ def load_checkpoint(path: str, map_location="cpu", verify: bool = True) -> dict:
     except _Unreadable as e:
         raise CheckpointError(f"{path} is not a usable checkpoint: {e}; point to a ckpt_*.pt written by "
                               f"train.py") from None
-
-
-def strip_prefixes(state_dict: dict) -> dict:
-    """Remove `_orig_mod.` (torch.compile) and `module.` (DDP) key prefixes."""
-    out = {}
-    for k, v in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
-
-
-def find_latest_good(run_dir: str) -> tuple[str | None, list[tuple[str, str]]]:
-    """(path of the newest checkpoint whose marker matches, or None; [(path, problem)] of the newer bad ones).
-    Checks checksums only (it loads nothing), so unlike load_latest it does not accept unmarked legacy files."""
-    bad = []
-    for _, path in list_checkpoints(run_dir):
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return path, bad
-        bad.append((path, problem))
-    return None, bad
 
 
 def load_latest(run_dir: str, map_location="cpu") -> tuple[dict | None, list[tuple[str, str]]]:

@@ -2,26 +2,30 @@
 
 A config is data, never code: it is parsed with `tomllib` and every key is checked against the dataclass
 fields below (name and type). Sections: model, data, optimizer, schedule, train, logging, checkpoint.
-The optimizer section's fields live next to the optimizers (`optimizers.OptimizerConfig`), so adding an
-optimizer hyperparameter needs no change here.
 
-One config can hold the hyperparameters of several optimizers, so that comparing them is a one-line change:
+The optimizer section names a RECIPE: one optimizer with some settings. One config can hold several recipes, so
+comparing them is a one-line change (`--optimizer.name=lionmuon_p5`):
 
     [optimizer]
-    name = "adamw"            # switch with --optimizer.name=lionmuon
-    [optimizer.adamw]
+    name = "adamw"            # the recipe to run
+    [optimizer.adamw]         # a table named like an optimizer needs no `method`
     lr = 3e-3
-    [optimizer.lionmuon]
-    lr = 1e-2
+    [optimizer.lionmuon_p5]   # a recipe of its own: method + settings
+    method = "lionmuon"
+    period = 5
     lion_lr = 3e-4
 
-Only the table of the chosen optimizer is applied (every table is still checked). Precedence: keys directly under
-[optimizer] < [optimizer.<name>] < `--optimizer.key=value`; `--optimizer.<name>.key=value` edits one table.
+A name without a table runs that optimizer with its defaults. A recipe's keys are its optimizer's constructor
+arguments plus the routing keys of optimizers/build.py; the optimizer's file is their single source (type, default,
+meaning), so this module knows no optimizer hyperparameter. Only the chosen recipe is applied (every table is still
+checked). Precedence: keys directly under [optimizer] < [optimizer.<name>] < `--optimizer.key=value`;
+`--optimizer.<recipe>.key=value` edits one table.
 
     cfg = load_config("configs/tiny_cpu.toml", ["--optimizer.name=lion", "--train.max_steps=100"])
 
 Every problem (bad TOML, unknown section/key, wrong type, out-of-range value) raises `ConfigError` with one
-line naming the key, the value and what would be valid.
+line naming the key, the value and what would be valid. Importing this module does not import torch; checking
+the optimizer recipes and the model size does (load_config(..., full_check=False) skips them, for run.sh).
 """
 
 import dataclasses
@@ -36,7 +40,6 @@ import typing
 from dataclasses import dataclass, field
 
 from errors import ConfigError
-from optimizers import OptimizerConfig
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "tiny_cpu.toml")
 
@@ -58,6 +61,13 @@ class ModelSection:
 class DataSection:
     dir: str = "data/shakespeare"  # a directory written by `python -m data.prepare`
     val_tokens: int = 65536  # the fixed validation set: the first val_tokens tokens of the val split
+
+
+@dataclass
+class OptimizerSection:
+    name: str = "adamw"  # the recipe: a table [optimizer.<name>] of the config, or an optimizer's name
+    method: str = ""  # the optimizer the recipe runs (a name in optimizers.OPTIMIZERS); "" = `name`
+    settings: dict = field(default_factory=dict)  # the recipe's keys: constructor arguments and routing keys
 
 
 @dataclass
@@ -106,12 +116,14 @@ class CheckpointSection:
 class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
 
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
 CHOICES = {
     "model.arch": ("gpt2", "llama"),
@@ -135,20 +147,27 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(key: str, value, tp):
-    """Return `value` as type `tp` (int, float, str, bool, list[X], X | None) or raise ConfigError."""
+def coerce(key: str, value, tp):
+    """Return `value` as type `tp` (int, float, str, bool, list[X], tuple[X, ...], X | None) or raise ConfigError
+    naming `key` (also used by optimizers/build.py for the optimizers' constructor arguments)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None or (isinstance(value, str) and value.lower() == "none" and type(None) in args):
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
+        return coerce(key, value, inner[0])
     if origin is list:
         (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} = {value!r} must be a list of {_type_name(item)}, e.g. [0.9, 0.99]")
-        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+        return [coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is tuple:
+        items = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(items):
+            raise ConfigError(f"{key} = {value!r} is invalid; it must be a list of {len(items)} "
+                              f"{_type_name(items[0])}s, e.g. [0.9, 0.99]")
+        return tuple(coerce(f"{key}[{i}]", v, t) for i, (v, t) in enumerate(zip(value, items)))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -182,16 +201,18 @@ def _unknown(what: str, name: str, valid) -> ConfigError:
 def _set(cfg: RunConfig, dotted: str, value) -> None:
     if "." not in dotted:
         raise ConfigError(f"override {dotted!r} must look like --section.key=value (sections: "
-                          f"{', '.join(f.name for f in dataclasses.fields(RunConfig))})")
+                          f"{', '.join(SECTIONS)})")
     section_name, key = dotted.split(".", 1)
-    sections = [f.name for f in dataclasses.fields(RunConfig)]
-    if section_name not in sections:
-        raise _unknown("config section", section_name, sections)
+    if section_name not in SECTIONS:
+        raise _unknown("config section", section_name, SECTIONS)
     section = getattr(cfg, section_name)
+    if section_name == "optimizer" and key not in ("name", "method"):
+        section.settings[key] = value  # checked against the optimizer's constructor by check_optimizer
+        return
     fields = _section_fields(type(section))
     if key not in fields:
         raise _unknown(f"key in [{section_name}]", key, list(fields))
-    setattr(section, key, _coerce(dotted, value, fields[key]))
+    setattr(section, key, coerce(dotted, value, fields[key]))
 
 
 def _parse_override_value(text: str):
@@ -205,36 +226,30 @@ def _parse_override_value(text: str):
 def _expand(text: str, cfg: RunConfig, where: str) -> str:
     def value(m):
         section, key = m.group(1), m.group(2)
-        if not hasattr(cfg, section) or not hasattr(getattr(cfg, section), key):
+        if section == "optimizer" and key in cfg.optimizer.settings:
+            return str(cfg.optimizer.settings[key])
+        if not hasattr(cfg, section) or key == "settings" or not hasattr(getattr(cfg, section), key):
             raise ConfigError(f"{where} = {text!r} refers to unknown key {section}.{key}; use e.g. {{optimizer.name}}")
         return str(getattr(getattr(cfg, section), key))
 
     return re.sub(r"\{(\w+)\.(\w+)\}", value, text)
 
 
-def _check_method(method: str) -> None:
-    from optimizers import OPTIMIZERS
+def registered_optimizers() -> list[str]:
+    from optimizers import OPTIMIZERS  # the registry itself imports no torch
 
-    if method not in OPTIMIZERS:
-        raise _unknown("optimizer table [optimizer.<name>]", method, list(OPTIMIZERS))
-
-
-def _method_config(method: str, table: dict) -> OptimizerConfig:
-    """An OptimizerConfig from one [optimizer.<method>] table (keys and types checked)."""
-    cfg = RunConfig()
-    cfg.optimizer.name = method
-    for key, value in table.items():
-        if key == "name":
-            raise ConfigError(f"[optimizer.{method}] must not set name; set [optimizer] name = \"{method}\"")
-        _set(cfg, f"optimizer.{key}", value)
-    return cfg.optimizer
+    return list(OPTIMIZERS)
 
 
 # ----------------------------------------------------------------------------- public API
 
 
-def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> RunConfig:
-    """Read a TOML config (None = configs/tiny_cpu.toml), apply `--section.key=value` overrides, validate."""
+def load_config(path: str | None = None, overrides: list[str] | tuple = (), full_check: bool = True) -> RunConfig:
+    """Read a TOML config (None = configs/tiny_cpu.toml), apply `--section.key=value` overrides, validate.
+
+    full_check=False skips what needs torch (the optimizer recipes' settings and the model size); train.py checks
+    them before it writes anything, so run.sh can read a config's directories in a fraction of a second.
+    """
     path = path or DEFAULT_CONFIG
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path} does not exist; pass a path like configs/tiny_cpu.toml")
@@ -245,19 +260,18 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> R
         raise ConfigError(f"{path} is not valid TOML ({e}); fix the syntax at that line") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a UTF-8 text file; pass a TOML config") from None
-    # Collect first, apply in order of precedence: [optimizer] keys < [optimizer.<active name>] < --optimizer.key.
-    file_keys, cli_keys, per_method = [], [], {}
+    # Collect first, apply in order of precedence: [optimizer] keys < [optimizer.<recipe>] < --optimizer.key.
+    file_keys, cli_keys, recipes = [], [], {}
     for section_name, table in raw.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: top-level key {section_name!r} must be a [section] table; "
-                              f"sections: {', '.join(f.name for f in dataclasses.fields(RunConfig))}")
+                              f"sections: {', '.join(SECTIONS)}")
         for key, value in table.items():
             if isinstance(value, dict):
                 if section_name != "optimizer":
                     raise ConfigError(f"{path}: [{section_name}.{key}] nests too deep; "
                                       f"use keys directly under [{section_name}]")
-                _check_method(key)
-                per_method.setdefault(key, {}).update(value)
+                recipes.setdefault(key, {}).update(value)
             else:
                 file_keys.append((f"{section_name}.{key}", value))
     for item in overrides:
@@ -265,32 +279,73 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> R
             raise ConfigError(f"cannot read override {item!r}; write it as --section.key=value")
         dotted, text = item[2:].split("=", 1)
         parts = dotted.split(".")
-        if len(parts) == 3 and parts[0] == "optimizer":  # --optimizer.<method>.<key>=value
-            _check_method(parts[1])
-            per_method.setdefault(parts[1], {})[parts[2]] = _parse_override_value(text)
+        if len(parts) == 3 and parts[0] == "optimizer":  # --optimizer.<recipe>.<key>=value
+            recipes.setdefault(parts[1], {})[parts[2]] = _parse_override_value(text)
         else:
             cli_keys.append((dotted, _parse_override_value(text)))
+    for recipe, table in recipes.items():
+        _check_recipe_table(recipe, table)
 
     cfg = RunConfig()
     for dotted, value in file_keys + cli_keys:
         if dotted == "optimizer.name":
             _set(cfg, dotted, value)
-    for method, table in per_method.items():  # every table must be valid, even for a method not chosen now
-        _method_config(method, table).validate()
     for dotted, value in file_keys:
         if dotted != "optimizer.name":
             _set(cfg, dotted, value)
-    for key, value in per_method.get(cfg.optimizer.name, {}).items():
+    for key, value in recipes.get(cfg.optimizer.name, {}).items():
         _set(cfg, f"optimizer.{key}", value)
     for dotted, value in cli_keys:
         if dotted != "optimizer.name":
             _set(cfg, dotted, value)
+    opt = cfg.optimizer
+    if not opt.method:
+        if opt.name not in registered_optimizers():
+            raise ConfigError(f"optimizer.name = {opt.name!r} is neither a recipe of {path} "
+                              f"({', '.join(recipes) or 'it has none'}) nor an optimizer "
+                              f"({', '.join(registered_optimizers())}); add a table [optimizer.{opt.name}] with a "
+                              f"method, or use one of those names")
+        opt.method = opt.name
     # "{section.key}" in the run directory or name is replaced by that key's value, so one config file serves every
-    # optimizer: run_dir = "out/gpt2_124m_{optimizer.name}".
+    # recipe: run_dir = "out/gpt2_124m_{optimizer.name}".
     for key in ("run_dir", "run_name", "group"):
         setattr(cfg.logging, key, _expand(getattr(cfg.logging, key), cfg, f"logging.{key}"))
     validate(cfg)
+    if full_check:
+        check_model_and_optimizer(cfg, {r: t for r, t in recipes.items() if r != opt.name})
     return cfg
+
+
+def _check_recipe_table(recipe: str, table: dict) -> None:
+    """The structure of one [optimizer.<recipe>] table (its settings are checked by check_model_and_optimizer)."""
+    if not recipe.isidentifier():
+        raise ConfigError(f"[optimizer.{recipe}]: a recipe name must be an identifier (letters, digits, _)")
+    if "name" in table:
+        raise ConfigError(f"[optimizer.{recipe}] must not set name; select it with [optimizer] name = \"{recipe}\"")
+    method = table.get("method", recipe)
+    if method not in registered_optimizers():
+        if "method" in table:
+            raise _unknown(f"optimizer in [optimizer.{recipe}] method", str(method), registered_optimizers())
+        raise ConfigError(f"[optimizer.{recipe}] is not named like an optimizer, so it needs a method = \"...\" "
+                          f"line; optimizers: {', '.join(registered_optimizers())}")
+
+
+def check_model_and_optimizer(cfg: RunConfig, other_recipes: dict | None = None) -> None:
+    """The checks that need torch: the model size, and every recipe against its optimizer's constructor (the chosen
+    one with its settings coerced to their types in place)."""
+    from model import MODEL_SIZES
+    from optimizers import check_recipe
+    from optimizers.build import recipe_arguments
+
+    if cfg.model.size not in MODEL_SIZES:
+        raise ConfigError(f"model.size = {cfg.model.size!r} is not valid; choose one of: {', '.join(MODEL_SIZES)}")
+    for recipe, table in (other_recipes or {}).items():
+        check_recipe(table.get("method", recipe), {k: v for k, v in table.items() if k != "method"},
+                     f"optimizer.{recipe}")
+    opt = cfg.optimizer
+    check_recipe(opt.method, opt.settings)
+    cls, kwargs, routing = recipe_arguments(opt.method, opt.settings)
+    opt.settings = {k: kwargs.get(k, routing.get(k)) for k in opt.settings}
 
 
 def validate(cfg: RunConfig) -> None:
@@ -300,11 +355,6 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
             raise ConfigError(f"{dotted} = {value!r} is not valid; choose one of: {', '.join(choices)}")
-    from model import MODEL_SIZES  # local import: model.py pulls in torch.nn, config errors should not need it
-
-    if cfg.model.size not in MODEL_SIZES:
-        raise ConfigError(f"model.size = {cfg.model.size!r} is not valid; choose one of: {', '.join(MODEL_SIZES)}")
-
     def positive(dotted, allow_zero=False):
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
@@ -325,20 +375,15 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(s, key)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"schedule.{key} = {value} must be in [0, 1]")
-    cfg.optimizer.validate()
 
 
 def to_dict(cfg: RunConfig) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def from_dict(d: dict) -> RunConfig:
-    """Rebuild a RunConfig from `to_dict` output (as stored in checkpoints), checking keys and types."""
-    cfg = RunConfig()
-    for section_name, table in d.items():
-        for key, value in table.items():
-            _set(cfg, f"{section_name}.{key}", value)
-    return cfg
+    """The config as plain data (what checkpoints, metrics.jsonl and config.toml hold); the optimizer section flat:
+    name, method, then the recipe's settings."""
+    d = dataclasses.asdict(cfg)
+    d["optimizer"] = {"name": cfg.optimizer.name, "method": cfg.optimizer.method,
+                      **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.optimizer.settings.items()}}
+    return d
 
 
 def _toml_value(v) -> str:
@@ -370,10 +415,10 @@ def differences(a: RunConfig, b: RunConfig, ignore=RESUMABLE_CHANGES) -> list[st
     out = []
     da, db = to_dict(a), to_dict(b)
     for section in da:
-        for key in da[section]:
+        for key in dict.fromkeys([*da[section], *db[section]]):  # a recipe may gain or lose a setting
             dotted = f"{section}.{key}"
             if any(dotted.startswith(p) for p in ignore):
                 continue
-            if da[section][key] != db[section].get(key):
-                out.append(f"{dotted}: {da[section][key]!r} -> {db[section].get(key)!r}")
+            if da[section].get(key) != db[section].get(key):
+                out.append(f"{dotted}: {da[section].get(key)!r} -> {db[section].get(key)!r}")
     return out

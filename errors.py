@@ -1,7 +1,8 @@
 """User-facing errors. Entry points print them as one line (`error: ...`) and exit with code 2.
 
-Raise these for bad input (config, data, checkpoint, prompt); the message names the problem and the fix.
-Anything else is a bug and keeps its traceback.
+Raise these for bad input (config, data, checkpoint, prompt) or for a run that cannot go on (non-finite values, an
+unwritable run directory); the message names the problem and the fix. Anything else is a bug and keeps its
+traceback.
 """
 
 
@@ -19,6 +20,19 @@ class DataError(NanoptimError):
 
 class CheckpointError(NanoptimError):
     """A checkpoint is missing, corrupt, or does not fit the model/optimizer being built."""
+
+
+class NonFiniteError(NanoptimError):
+    """The loss, a gradient or the weights became inf/NaN and the run cannot (or may not) skip past it."""
+
+
+class RunDirError(NanoptimError):
+    """The run directory cannot be written: disk full, quota, read-only filesystem, permissions."""
+
+
+# By class name: an error raised on one rank (or in an earlier torchrun attempt) is re-raised as the same class.
+ERRORS = {cls.__name__: cls for cls in (NanoptimError, ConfigError, DataError, CheckpointError, NonFiniteError,
+                                        RunDirError)}
 
 
 def main_guard(main):

@@ -10,17 +10,18 @@ One formula each:
       sum over a full T×T matrix (no causal halving, as PaLM and nanoGPT). For llama, N counts the three SwiGLU
       matrices exactly (3·d·hidden per layer).
   lionmuon_paper_model_flops_per_step(L, d, T, V, B) = 6·(12·L·d² + V·d + T·d)·T·B
-      brain-lab-research/lion-muon scripts/plotting/plot_results.py compute_flops (spec §6.6): no attention term,
-      12·d² per layer for both archs, B = sequences per optimizer step. Use it only to compare with that paper.
-  ns_flops(m, n, steps) = steps·(4r²c + 2r³), r = min(m, n), c = max(m, n)
-      the matmul FLOPs of one quintic Newton–Schulz run on an m×n matrix (X·Xᵀ 2r²c, A·A 2r³, B·X 2r²c per step;
-      spec §5.5). Elementwise work and the normalization are not included.
+      brain-lab-research/lion-muon scripts/plotting/plot_results.py compute_flops (docs/optimizers.md §6.6): no
+      attention term, 12·d² per layer for both archs, B = sequences per optimizer step.
+      Use it only to compare with that paper.
+  Newton–Schulz FLOPs: optimizers/newton_schulz.py ns_matmul_flops (the one copy of that formula; used here for
+      the paper's per-step NS charge, and by the optimizers' last_step_flops()).
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from errors import CheckpointError
+from optimizers.newton_schulz import ns_matmul_flops
 
 # -----------------------------------------------------------------------------
 # model FLOPs (ours)
@@ -54,7 +55,7 @@ def model_flops_per_token(cfg, seq_len: int | None = None) -> int:
 
 
 # -----------------------------------------------------------------------------
-# the LionMuon paper's accounting (spec §6.6), for reproducing its x-axis
+# the LionMuon paper's accounting (docs/optimizers.md §6.6), for reproducing its x-axis
 
 
 def lionmuon_paper_n_params(L: int, d: int, T: int, V: int) -> int:
@@ -73,15 +74,9 @@ def lionmuon_paper_model_flops_for(cfg, batch_seqs: int, seq_len: int | None = N
     return lionmuon_paper_model_flops_per_step(cfg.n_layer, cfg.n_embd, T, cfg.vocab_size, batch_seqs)
 
 
-def ns_flops(m: int, n: int, steps: int) -> int:
-    """Exact matmul FLOPs of `steps` quintic Newton–Schulz iterations on an m×n matrix: steps·(4r²c + 2r³)."""
-    r, c = min(m, n), max(m, n)
-    return steps * (4 * r * r * c + 2 * r ** 3)
-
-
 def lionmuon_paper_ns_flops_per_step(L: int, d: int, ns_steps: int = 5) -> int:
-    """NS/iter = L·Σ ns_flops over the 4 GPT-2 matrices of a layer, (d,3d), (d,d), (d,4d), (4d,d)."""
-    return L * sum(ns_flops(m, n, ns_steps) for m, n in ((d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)))
+    """NS/iter = L·Σ ns_matmul_flops over the 4 GPT-2 matrices of a layer, (d,3d), (d,d), (d,4d), (4d,d)."""
+    return L * sum(ns_matmul_flops(m, n, ns_steps) for m, n in ((d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)))
 
 
 def lionmuon_paper_sign_flops_per_step(L: int, d: int) -> int:

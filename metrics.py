@@ -40,6 +40,7 @@ import uuid
 import warnings
 from urllib.parse import urlparse
 
+from atomic import atomic_write
 from errors import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
@@ -113,16 +114,6 @@ def read_records(path):
     return records
 
 
-def write_json_atomic(path, obj):
-    """Write JSON to `path` via a temp file + os.replace, so readers never see a partial file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(_finite(json.loads(json.dumps(obj, default=_jsonable))), indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _have_wandb_api_key():
     """True if wandb can authenticate without prompting: WANDB_API_KEY or a netrc entry."""
     if os.environ.get("WANDB_API_KEY"):
@@ -187,13 +178,8 @@ class MetricsLogger:
         resume = {"kind": "resume", "step": resume_step, "time": _now()}
         if head[0].get("config") != config:
             resume["config"] = config
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            for r in head + keep + [resume]:
-                f.write(dumps_record(r) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda f: f.write("".join(dumps_record(r) + "\n" for r in head + keep + [resume])
+                                                  .encode()))
 
     def _write(self, record):
         self._file.write(dumps_record(record) + "\n")
@@ -228,7 +214,7 @@ class MetricsLogger:
     def finish(self, summary=None):
         """Append a summary record (the final.json fields), close the file and the wandb run.
 
-        final.json itself is written by train.py (see write_json_atomic) as the run's completion marker.
+        final.json itself is written by train.py (atomic.atomic_write) as the run's completion marker.
         """
         if not self.enabled:
             return

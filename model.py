@@ -104,6 +104,18 @@ def model_config(arch: str = "gpt2", size: str = "tiny", **overrides) -> GPTConf
 # -----------------------------------------------------------------------------
 # building blocks
 
+def unwrapped_name(name: str) -> str:
+    """A parameter or state-dict name without the wrappers' prefixes, `module.` (DDP) and `_orig_mod.`
+    (torch.compile), in any order or number: the name the model itself gives (routing rules and checkpoints use it)."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in ("module.", "_orig_mod."):
+            if name.startswith(prefix):
+                name, changed = name[len(prefix):], True
+    return name
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (torch's nn.LayerNorm cannot drop just the bias before torch 2.1)."""
 

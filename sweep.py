@@ -35,10 +35,10 @@ import shutil
 import subprocess
 import sys
 
+from config import SECTIONS
 from errors import ConfigError, main_guard
 from plot import fmt_flops, fmt_loss, fmt_time, load_run
 
-SECTIONS = ("model", "data", "optimizer", "schedule", "train", "logging", "checkpoint")
 RESERVED = ("logging.run_dir", "logging.run_name", "logging.group")  # set per cell by the sweep
 MAX_NAME = 96  # keep cell directory names well under filesystem limits
 

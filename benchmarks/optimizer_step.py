@@ -12,8 +12,9 @@ reported per step. Baselines, measured in the same run:
 Rows marked "hidden" run on the hidden matrices only (the Muon comparison); "all" rows run build_optimizer's full
 hybrid (matrices + backup AdamW for embeddings and norms). Goals: adamw ≤ 1.0× torch AdamW, lion/signum ≤ 1.0×
 torch AdamW, muon(hidden) ≤ 1.0× torch Muon.
-It also times Newton–Schulz alone on the hidden matrices against its FLOP floor: NS FLOPs (flops.ns_matmul_flops)
-÷ the matmul rate measured here (bf16 8192³ on CUDA; on CPU the NS dtype is fp32, so fp32 2048³).
+It also times Newton–Schulz alone on the hidden matrices against its FLOP floor: NS FLOPs
+(newton_schulz.ns_matmul_flops) ÷ the matmul rate measured here (bf16 8192³ on CUDA; on CPU the NS dtype is
+fp32, so fp32 2048³).
 """
 
 import argparse
@@ -26,10 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the repo root holds model.py
 
+
 from model import GPT, model_config  # noqa: E402
-from optimizers import OPTIMIZERS, OptimizerConfig, build_optimizer  # noqa: E402
-from optimizers.flops import ns_matmul_flops  # noqa: E402
-from optimizers.newton_schulz import orthogonalize  # noqa: E402
+from optimizers import OPTIMIZERS, build_optimizer, optimizer_class  # noqa: E402
+from optimizers.build import constructor_arguments  # noqa: E402
+from optimizers.newton_schulz import ns_matmul_flops, orthogonalize  # noqa: E402
 from optimizers.routing import route  # noqa: E402
 
 
@@ -122,11 +124,11 @@ def main():
     add("torch.optim.Muon", lambda: torch.optim.Muon(hidden, lr=0.02, momentum=0.95, weight_decay=0.0), "hidden")
     params = ParamSet(named)
     for name in OPTIMIZERS:  # the full optimizer build_optimizer gives for the whole model
-        period = OptimizerConfig(name=name).resolved().get("period", 1.0)
-        add(name, lambda: build_optimizer(params, OptimizerConfig(name=name), device.type), "all", int(period))
+        period = constructor_arguments(optimizer_class(name)).get("period", (None, 1.0))[1]
+        add(name, lambda: build_optimizer(params, name, {}), "all", int(period))
     for name in ("muon", "olion", "lionmuon", "signmuon"):  # the matrix part alone, against torch.optim.Muon
-        period = OptimizerConfig(name=name).resolved().get("period", 1.0)
-        add(f"{name}[hidden]", lambda: OPTIMIZERS[name](hidden), "hidden", int(period))
+        period = constructor_arguments(optimizer_class(name)).get("period", (None, 1.0))[1]
+        add(f"{name}[hidden]", lambda: optimizer_class(name)(hidden), "hidden", int(period))
 
     # Warm up everything, then time the optimizers in turn within each repeat, so that a change in machine load
     # (a shared CPU) hits all of them alike instead of whichever ran during it.

@@ -4,9 +4,9 @@
 # interrupted one resumes from its checkpoint (train.py), so rerun the same command after a crash or Ctrl-C.
 #
 #   bash benchmarks/repro_cpu.sh              # check + sweep + final + report (~1.5-2.5 h on 2 shared cores)
-#   bash benchmarks/repro_cpu.sh check        # the 10 configs differ only in [optimizer] and logging.run_dir
+#   bash benchmarks/repro_cpu.sh check        # every recipe of configs/repro_cpu.toml loads and validates
 #   bash benchmarks/repro_cpu.sh sweep [1-4]  # LR sweeps (all phases or one), 50 steps, seed 0: OUT/sweep_<method>*/
-#   bash benchmarks/repro_cpu.sh final        # configs/repro_cpu_<method>.toml x seeds 1, 2, 100 steps: OUT/final/
+#   bash benchmarks/repro_cpu.sh final        # the 10 recipes x seeds 1, 2, 100 steps: OUT/final/
 #   bash benchmarks/repro_cpu.sh report       # docs/results/: tables, PNGs, the runs' metrics (no training)
 #   bash benchmarks/repro_cpu.sh pick         # each sweep's best LR next to the LR in its config (warns on mismatch)
 #
@@ -14,15 +14,16 @@
 #
 # The sweep has phases because later ones build on earlier results: every hybrid's backup AdamW (embeddings, norms)
 # uses the tuned AdamW lr (phase 1); LionMuon P=2/P=5 and SignMuon P=2 sweep eta_M (phase 3) at the tuned Lion eta_L
-# (phase 2, read from configs/repro_cpu_lion.toml), then eta_L at their tuned eta_M (phase 4). The tuned values live in
-# the configs, which is what the later phases read: after a fresh sweep, run `pick` and update the configs before the
-# next phase and before `final`.
+# (phase 2, read from the lion recipe), then eta_L at their tuned eta_M (phase 4). The tuned values live in the
+# recipes of configs/repro_cpu.toml, which is what the later phases read: after a fresh sweep, run `pick` and update the configs before the
+# next phase and before `final`. Every run is `train.py configs/repro_cpu.toml --optimizer.name=<recipe>`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 JOBS=${JOBS:-2}
 OUT=${OUT:-runs/repro}
 SEEDS=(1 2)
+CONFIG=configs/repro_cpu.toml
 SWEEP_EXTRA=(--train.max_steps=50 --train.seed=0)  # sweeps: half the steps of the final runs, a seed of their own
 
 # One thread per process: with 2 threads per run on 2 shared cores, OpenMP spin-waiting made runs ~2.5x slower.
@@ -73,23 +74,16 @@ run_parallel() {
 }
 
 check() {
-  $PY - "${METHODS[@]}" <<'PY'
+  $PY - "$CONFIG" "${METHODS[@]}" <<'PY'
 import sys
-from config import load_config, to_dict
+from config import load_config
 from errors import main_guard
 
 def main():
-    ref = None
-    for m in sys.argv[1:]:
-        d = to_dict(load_config(f"configs/repro_cpu_{m}.toml"))  # also validates the config
-        del d["optimizer"], d["logging"]["run_dir"]
-        if ref is None:
-            ref = (m, d)
-        elif d != ref[1]:
-            diff = [f"{s}.{k}" for s in d for k in d[s] if d[s][k] != ref[1][s].get(k)]
-            sys.exit(f"error: configs/repro_cpu_{m}.toml differs from configs/repro_cpu_{ref[0]}.toml outside "
-                     f"[optimizer] in {', '.join(diff)}. Make every repro_cpu config share those sections")
-    print(f"check: the {len(sys.argv) - 1} repro_cpu configs share every section but [optimizer] and logging.run_dir")
+    config, recipes = sys.argv[1], sys.argv[2:]
+    for m in recipes:
+        load_config(config, [f"--optimizer.name={m}"])  # validates the recipe against its optimizer
+    print(f"check: the {len(recipes)} recipes of {config} load and validate")
 main_guard(main)
 PY
 }
@@ -104,10 +98,11 @@ sweep_phase() {  # sweep_phase GRID|GRID_ETA_L METHOD...
     extra=
     # Phase 3 sweeps eta_M at eta_L = the tuned Lion eta_L (the paper's protocol), not at the config's eta_L, which
     # phase 4 has tuned since.
-    [[ "$phase3" == *" $m "* ]] && extra="--optimizer.lion_lr=$($PY -c 'from config import load_config
-print(load_config("configs/repro_cpu_lion.toml").optimizer.lion_lr)')"
-    cmds+=("$PY sweep.py configs/repro_cpu_$m.toml --grid ${grid[$m]} --out $OUT/$name --launcher '$PY train.py' \
--- ${SWEEP_EXTRA[*]} $extra > $OUT/logs/$name.log 2>&1 && rm -f $OUT/$name/*/ckpt_* && echo '$name: done' \
+    [[ "$phase3" == *" $m "* ]] && extra="--optimizer.lion_lr=$($PY -c 'import sys
+from config import load_config
+print(load_config(sys.argv[1], ["--optimizer.name=lion"]).optimizer.settings["lion_lr"])' "$CONFIG")"
+    cmds+=("$PY sweep.py $CONFIG --grid ${grid[$m]} --out $OUT/$name --launcher '$PY train.py' \
+-- --optimizer.name=$m ${SWEEP_EXTRA[*]} $extra > $OUT/logs/$name.log 2>&1 && rm -f $OUT/$name/*/ckpt_* && echo '$name: done' \
 || { echo '$name: FAILED (see $OUT/logs/$name.log)'; exit 1; }")
   done
   run_parallel "${cmds[@]}"
@@ -143,7 +138,7 @@ for line in sys.stdin:
         print(f"{m:12s} {key:8s} no finished sweep cells in {sweep}")
         continue
     best = min(cells, key=lambda r: r.best_val_loss if math.isfinite(r.best_val_loss) else math.inf)
-    chosen = getattr(load_config(f"configs/repro_cpu_{m}.toml").optimizer, key)
+    chosen = load_config("configs/repro_cpu.toml", [f"--optimizer.name={m}"]).optimizer.settings[key]
     found = best.config["optimizer"][key]
     flag = "" if math.isclose(found, chosen) else "   <-- differs from the config: update it or explain why"
     print(f"{m:12s} {key:8s} best {found:g} (best val loss {best.best_val_loss:.4f}); config has {chosen:g}{flag}")
@@ -159,7 +154,7 @@ final() {
       dir=$OUT/final/$name
       [ -f "$dir/final.json" ] && continue
       # A checkpoint (87 MB) only serves to resume an interrupted run: drop it and its checksum once the run finished.
-      cmds+=("$PY train.py configs/repro_cpu_$m.toml --train.seed=$s --logging.run_dir=$dir --logging.run_name=$name \
+      cmds+=("$PY train.py $CONFIG --optimizer.name=$m --train.seed=$s --logging.run_dir=$dir --logging.run_name=$name \
 > $OUT/logs/final_$name.log 2>&1 && rm -f $dir/ckpt_* && echo 'final $name: done' \
 || { echo 'final $name: FAILED (see $OUT/logs/final_$name.log)'; exit 1; }")
     done
@@ -189,7 +184,7 @@ NAMES = {"adamw": "AdamW", "lion": "Lion", "signum": "Signum", "muon": "Muon", "
 PAPER = ["lionmuon_p2", "signmuon_p2", "muon", "adamw", "lion", "signum"]
 
 def lr_text(m):
-    o = load_config(f"configs/repro_cpu_{m}.toml").optimizer.resolved()
+    o = load_config("configs/repro_cpu.toml", [f"--optimizer.name={m}"]).optimizer.settings
     if m in ("lion", "signum"):
         return f"ηL {o['lion_lr']:g}"
     if m == "lionmuon_p1":
@@ -207,8 +202,7 @@ for m, d, key in specs:
     if not cells:
         continue
     cells.sort(key=lambda r: r.config["optimizer"][key])
-    opt = load_config(f"configs/repro_cpu_{m}.toml").optimizer
-    chosen = getattr(opt, key)
+    chosen = load_config("configs/repro_cpu.toml", [f"--optimizer.name={m}"]).optimizer.settings[key]
     ran = cells[0].config["optimizer"]  # the other LR of a two-LR method, as the sweep ran it
     fixed = f" (at ηM {ran['lr']:g})" if key == "lion_lr" and m not in ("lion", "signum") else (
         f" (at ηL {ran['lion_lr']:g})" if key == "lr" and ran.get("lion_lr") is not None and m != "lionmuon_p1" else "")
@@ -222,8 +216,8 @@ for m, d, key in specs:
                      [r.best_val_loss for r in cells], chosen))
 with open(os.path.join(res, "lr_sweep.md"), "w") as f:
     f.write("# LR sweeps (50 steps = 102,400 tokens, seed 0; best val loss per grid value)\n\n"
-            "Bold = the sweep's best cell. `chosen` = the value in configs/repro_cpu_<method>.toml used by the "
-            "final runs.\n\n| method | swept key | value: best val loss | chosen |\n| --- | --- | --- | ---: |\n"
+            "Bold = the sweep's best cell. `chosen` = the value in the recipe of configs/repro_cpu.toml used by "
+            "the final runs.\n\n| method | swept key | value: best val loss | chosen |\n| --- | --- | --- | ---: |\n"
             + "\n".join(sweep_rows) + "\n")
 if fig_data:
     plt = plot._pyplot()
@@ -257,7 +251,7 @@ for m in methods:
         if not os.path.isfile(os.path.join(d, "final.json")):
             continue
         r = plot.load_run(d)
-        r.optimizer = NAMES[m]  # plot.py colours by optimizer name; lion/signum/muon/lionmuon P=k share class names
+        r.optimizer = NAMES[m]  # the label: the recipe's display name
         runs.append(r)
         by_method.setdefault(m, []).append(r)
         keep = os.path.join(res, "runs", f"{m}_s{s}")  # the raw numbers behind the PNGs (a few KB per run)

@@ -34,14 +34,14 @@ from flops import model_flops_per_token, peak_flops  # noqa: E402
 from model import GPT, MODEL_SIZES, model_config  # noqa: E402
 
 try:  # the project's optimizers, once the package exports them
-    from optimizers import OptimizerConfig, build_optimizer
+    from optimizers import build_optimizer
 except ImportError:
-    OptimizerConfig = build_optimizer = None
+    build_optimizer = None
 
 
 def make_optimizer(model, name: str, device_type: str):
     if build_optimizer is not None:
-        return build_optimizer(model, OptimizerConfig(name=name), device_type), "optimizers.build_optimizer"
+        return build_optimizer(model, name, {}), "optimizers.build_optimizer"
     if name != "adamw":
         raise ConfigError(f"optimizer {name!r} needs optimizers.build_optimizer, which this checkout does not have "
                           "yet. Use --optimizer adamw")

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from atomic import atomic_write
 from errors import DataError
 
 MAGIC = 20240520  # llm.c's magic number for GPT-2 token shards
@@ -39,11 +40,7 @@ def write_shard(path: str, tokens) -> None:
                         f"this shard format only holds vocabularies of up to 65536 tokens")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = MAGIC, VERSION, toks.size
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(toks.astype("<u2", copy=False).tobytes())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: (f.write(header.tobytes()), f.write(toks.astype("<u2", copy=False).tobytes())))
 
 
 def shard_layout(path: str) -> tuple[int, int]:

@@ -1,52 +1,78 @@
-"""What every optimizer in this package shares: param-group conventions, the backup AdamW, FLOPs reporting.
+"""HybridOptimizer: what every optimizer in this package shares, so that each optimizer file holds only its math.
 
-Param groups. Every group has `lr` (the current, scheduled value) and `base_lr` (its value at construction);
-train.py's schedule sets `group["lr"] = group["base_lr"] * factor(step)` for every group, so the ratios between
-groups (matrix lr, backup-AdamW lr, LionMuon's ηL/ηM) never change. Every group also has a `kind`:
-  "main"   the optimizer's own rule (Lion, Muon, ...),
-  "adamw"  the backup AdamW of the hybrid methods (embeddings, norms, biases; see routing.py), stepped with
-           torch's own AdamW kernels (fused on CUDA, foreach elsewhere) so it is exactly torch.optim.AdamW:
-           p ← p·(1 − lr·wd);  m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²;
-           p ← p − lr·(m/(1−β1ᵗ)) / (sqrt(v/(1−β2ᵗ)) + eps).
-           (The LionMuon code's backup adds eps to the *uncorrected* sqrt(v) instead; spec §2. We keep torch's
-           placement, which differs from it only by the size of eps in the first steps.)
-Holding both kinds in ONE optimizer (like KellerJordan's MuonWithAuxAdam) lets train.py schedule, clip and
-checkpoint a single object.
+The param-group contract (train.py, checkpoints and build.py rely on it):
+  - every group has `lr` (the current, scheduled value) and `base_lr` (its value at construction); train.py's
+    schedule sets `group["lr"] = group["base_lr"] * factor(step)` for every group, so the ratios between groups
+    (matrix lr, backup-AdamW lr, LionMuon's ηL/ηM) never change;
+  - every group has `backup_adamw`: False for the optimizer's own update rule, True for the backup AdamW that takes
+    what routing keeps away from it (embeddings, norms, biases; routing.py). A backup group carries its own lr,
+    betas, eps and weight_decay and is stepped by torch's own AdamW kernels (fused on CUDA, foreach elsewhere), so
+    it is exactly torch.optim.AdamW:
+        p ← p·(1 − lr·wd);  m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²;
+        p ← p − lr·(m/(1−β1ᵗ)) / (sqrt(v/(1−β2ᵗ)) + eps).
+    The LionMuon code's backup adds eps to the *uncorrected* sqrt(v), i.e. an effective eps of eps/sqrt(1−β2ᵗ) in
+    the formula above: 31.6·eps at t = 1 and still 1.07·eps at t = 2000 for β2 = 0.999. We keep torch's placement;
+    the difference lasts thousands of steps, but eps = 1e-8 is far below typical sqrt(v) (docs/optimizers.md §2).
+Holding both kinds in ONE optimizer (like KellerJordan's MuonWithAuxAdam and nanochat) lets train.py schedule,
+clip and checkpoint a single object.
 
-FLOPs. `last_step_flops()` returns {"matmul": int, "elementwise": int} for the step just taken (see flops.py).
+What a subclass declares (class attributes; build.py and this class read them, nothing else needs editing):
+  flops_per_element     estimated elementwise FLOPs per parameter element per step (docs/optimizers.md §0)
+  matrices_only         True: every non-backup parameter must be ≥2-D (the Newton–Schulz methods)
+  uses_newton_schulz    True: a step orthogonalises every matrix (override takes_ns_step for some steps only)
+  default_routing       the routing rule of routing.py applied when the config sets none ("none" = no backup)
+  default_backup_adamw  the backup AdamW's lr (or lr_ratio, a multiple of the optimizer's lr), betas, eps and
+                        weight_decay when the config sets none
+and implements `_step(groups)`: update the non-backup groups (their params with gradients). The constructor
+validates its own arguments (ValueError naming the argument) and passes its hyperparameters as `defaults`.
+
+FLOPs. `last_step_flops()` is computed from the parameter shapes and the kind of step, not inside the math:
+elementwise = flops_per_element × elements stepped (15 per element for backup AdamW groups), plus, for the groups
+that took a Newton–Schulz step, NS matmul FLOPs (exact) and NS elementwise FLOPs (estimated) per matrix.
 """
+
+import math
 
 import torch
 from torch.optim.adam import adam as torch_adam  # torch's functional Adam(W): fused / foreach kernels
 
-from .flops import ELEMENTWISE_PER_ELEMENT, ns_elementwise_flops, ns_matmul_flops, zero_flops
-from .newton_schulz import orthogonalize
+from .newton_schulz import matrix_shape, matrix_view, ns_elementwise_flops, ns_matmul_flops, orthogonalize
+
+ADAMW_FLOPS_PER_ELEMENT = 15  # two lerps, square, bias corrections, sqrt, add eps, divide, decay, update
 
 
-class NanoptimOptimizer(torch.optim.Optimizer):
-    """Base class: adds `base_lr`/`kind` to every group, steps "adamw" groups, and records the step's FLOPs.
+class HybridOptimizer(torch.optim.Optimizer):
+    """One optimizer: its own update rule on the groups with backup_adamw=False, torch's AdamW on the others."""
 
-    Subclasses set `method` (the key of flops.ELEMENTWISE_PER_ELEMENT) and implement `_step_main(groups)`, which
-    updates the "main" groups and returns that work's FLOPs dict.
-    """
-
-    method = ""
+    flops_per_element: int = 0
+    matrices_only: bool = False
+    uses_newton_schulz: bool = False
+    default_routing: str = "none"
+    # torch.optim.AdamW's defaults: what a backup AdamW gets when neither the optimizer nor the config says more.
+    default_backup_adamw: dict = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 
     def __init__(self, params, defaults):
-        self._last_flops = zero_flops()
-        # Split Newton–Schulz across ranks: None = whenever torch.distributed is initialised with >1 rank.
-        self.distributed: bool | None = None
+        self._last_flops = {"matmul": 0, "elementwise": 0}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
-        param_group.setdefault("kind", "main")
-        if param_group["kind"] == "adamw":  # backup AdamW groups must say their own hyperparameters
+        param_group.setdefault("backup_adamw", False)
+        if param_group["backup_adamw"]:  # backup AdamW groups must say their own hyperparameters
             missing = {"lr", "betas", "eps", "weight_decay"} - set(param_group)
             if missing:
                 raise ValueError(f"backup AdamW group is missing {sorted(missing)}")
-        super().add_param_group(param_group)
+            check_adamw_args(param_group["lr"], param_group["betas"], param_group["eps"],
+                             param_group["weight_decay"], prefix="adamw_")
+        super().add_param_group(param_group)  # params may be (name, tensor) pairs: torch keeps the names
         group = self.param_groups[-1]
+        if self.matrices_only and not group["backup_adamw"] and any(p.ndim < 2 for p in group["params"]):
+            raise ValueError(f"{type(self).__name__} only updates matrices (≥2-D parameters); give the 1-D ones to "
+                             "a backup_adamw=True group (a routing rule does)")
         group.setdefault("base_lr", group["lr"])
+
+    def takes_ns_step(self, group: dict) -> bool:
+        """Whether the next step() orthogonalises this (non-backup) group's matrices (for the FLOPs count)."""
+        return self.uses_newton_schulz
 
     def last_step_flops(self) -> dict:
         """FLOPs of the last step(): {"matmul": NS matmul FLOPs (exact), "elementwise": estimate}."""
@@ -58,38 +84,75 @@ class NanoptimOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        flops = zero_flops()
-        main = [g for g in self.param_groups if g["kind"] == "main"]
+        own = [g for g in self.param_groups if not g["backup_adamw"]]
+        self._last_flops = self._count_flops()  # before the step: LionMuon's step kind depends on its counter
         for group in self.param_groups:
-            if group["kind"] == "adamw":
-                n = adamw_group_step(self.state, group)
-                flops["elementwise"] += ELEMENTWISE_PER_ELEMENT["adamw"] * n
-        if main:
-            f = self._step_main(main)
-            flops["matmul"] += f["matmul"]
-            flops["elementwise"] += f["elementwise"]
-        self._last_flops = flops
+            if group["backup_adamw"]:
+                adamw_group_step(self.state, group)
+        if own:
+            self._step(own)
         return loss
 
-    def _step_main(self, groups: list[dict]) -> dict:
+    def _step(self, groups: list[dict]) -> None:
         raise NotImplementedError
 
-    def _step_elementwise(self, groups: list[dict], update) -> dict:
-        """The `_step_main` of the one-buffer elementwise methods (Lion, Signum, Leo): for each group with gradients,
-        update(group, params, grads, exp_avgs) on lists of tensors; returns the step's (estimated) FLOPs."""
-        n = 0
-        for group in groups:
-            params, grads, (exp_avgs,) = self._collect(group, ("exp_avg",))
-            if params:
-                update(group, params, grads, exp_avgs)
-                n += sum(p.numel() for p in params)
-        return {"matmul": 0, "elementwise": ELEMENTWISE_PER_ELEMENT[self.method] * n}
+    # ---------------------------------------------------------------------------------------------------------
+    # bookkeeping the update rules share
 
-    def _apply_matrix_updates(self, work, params, outs, scale):
-        """p ← p·(1 − lr·wd) − lr·s·O for each (group, _), p, O with s = scale(group, rows, cols); one foreach call
-        per (group, s)."""
+    def _count_flops(self) -> dict:
+        flops = {"matmul": 0, "elementwise": 0}
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            per_element = ADAMW_FLOPS_PER_ELEMENT if group["backup_adamw"] else self.flops_per_element
+            flops["elementwise"] += per_element * sum(p.numel() for p in params)
+            if not group["backup_adamw"] and self.takes_ns_step(group):
+                for p in params:
+                    rows, cols = matrix_shape(p)
+                    flops["matmul"] += ns_matmul_flops(rows, cols, group["ns_steps"])
+                    flops["elementwise"] += ns_elementwise_flops(rows, cols, group["ns_steps"])
+        return flops
+
+    def _groups_with_grads(self, groups: list[dict], *buffer_names: str):
+        """For each group with gradients: (group, params, grads, *one list per named state buffer), the buffers
+        zero-initialised on first use, like the params. Lists of tensors, for torch._foreach_* ops."""
+        for group in groups:
+            params, grads = [], []
+            bufs: list[list[torch.Tensor]] = [[] for _ in buffer_names]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                params.append(p)
+                grads.append(p.grad)
+                state = self.state[p]
+                for k, name in enumerate(buffer_names):
+                    if name not in state:
+                        state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    bufs[k].append(state[name])
+            if params:
+                yield (group, params, grads, *bufs)
+
+    def _orthogonalize(self, ns_inputs: list[tuple[dict, torch.Tensor]]) -> list[torch.Tensor]:
+        """NS of each (group, tensor) in `ns_inputs` as a matrix (matrix_view), with that group's ns_steps,
+        ns_coefficients and ns_dtype: batched by shape and split across ranks (newton_schulz.orthogonalize)."""
+        outs: list[torch.Tensor | None] = [None] * len(ns_inputs)
+        by_settings: dict[tuple, list[int]] = {}
+        for i, (group, _) in enumerate(ns_inputs):
+            by_settings.setdefault((group["ns_steps"], group["ns_coefficients"], group["ns_dtype"]), []).append(i)
+        for (steps, coefficients, ns_dtype), idx in by_settings.items():
+            results = orthogonalize([matrix_view(ns_inputs[i][1]) for i in idx], steps, coefficients, ns_dtype)
+            for i, o in zip(idx, results):
+                outs[i] = o
+        return outs
+
+    @staticmethod
+    def _apply_matrix_updates(groups: list[dict], params: list[torch.Tensor], updates: list[torch.Tensor],
+                              scale) -> None:
+        """p ← p·(1 − lr·wd) − lr·s·O for each group, p, O (an NS output of p's matrix shape), with
+        s = scale(group, rows, cols); one foreach call per (group, s)."""
         buckets: dict[tuple[int, float], tuple[dict, list, list]] = {}
-        for (group, _), p, o in zip(work, params, outs):
+        for group, p, o in zip(groups, params, updates):
             s = scale(group, o.size(0), o.size(1))
             entry = buckets.setdefault((id(group), s), (group, [], []))
             entry[1].append(p)
@@ -100,46 +163,42 @@ class NanoptimOptimizer(torch.optim.Optimizer):
                 torch._foreach_mul_(ps, 1.0 - lr * wd)
             torch._foreach_add_(ps, os, alpha=-lr * s)
 
-    def _orthogonalize(self, work: list[tuple[dict, torch.Tensor]]) -> tuple[list[torch.Tensor], dict]:
-        """NS of each (group, matrix) in `work` with that group's ns_steps/ns_coefficients/ns_dtype, batched by
-        shape and split across ranks (newton_schulz.orthogonalize). Returns the outputs (in order) and their FLOPs."""
-        outs: list[torch.Tensor | None] = [None] * len(work)
-        flops = zero_flops()
-        settings: dict[tuple, list[int]] = {}
-        for i, (group, _) in enumerate(work):
-            settings.setdefault((group["ns_steps"], group["ns_coefficients"], group["ns_dtype"]), []).append(i)
-        for (steps, coefficients, ns_dtype), idx in settings.items():
-            mats = [work[i][1] for i in idx]
-            outs_k = orthogonalize(mats, steps, coefficients, ns_dtype, distributed=self.distributed)
-            for i, o in zip(idx, outs_k):
-                outs[i] = o
-            for m in mats:
-                flops["matmul"] += ns_matmul_flops(m.size(0), m.size(1), steps)
-                flops["elementwise"] += ns_elementwise_flops(m.size(0), m.size(1), steps)
-        return outs, flops
 
-    def _collect(self, group: dict, buffer_names: tuple[str, ...]):
-        """Params of `group` that have a gradient, their grads, and one list per named fp32/param-dtype state buffer
-        (zero-initialised on first use)."""
-        params, grads = [], []
-        bufs: list[list[torch.Tensor]] = [[] for _ in buffer_names]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-            params.append(p)
-            grads.append(p.grad)
-            state = self.state[p]
-            for k, name in enumerate(buffer_names):
-                if name not in state:
-                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                bufs[k].append(state[name])
-        return params, grads, bufs
+# -------------------------------------------------------------------------------------------------------------
+# argument checks shared by the constructors (ValueError naming the argument; build.py adds "optimizer.")
 
 
-def adamw_group_step(state: dict, group: dict) -> int:
-    """One torch AdamW step on `group` (decoupled wd), fused on CUDA, foreach otherwise. Returns elements stepped."""
+def check_number(name: str, x, lo=None, hi=None, lo_open=False, hi_open=True) -> None:
+    """x must be a real number in the interval given by lo/hi (open or closed ends)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x):
+        raise ValueError(f"{name} = {x!r} is not a number")
+    if (lo is not None and (x <= lo if lo_open else x < lo)) or (hi is not None and (x >= hi if hi_open else x > hi)):
+        lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+        hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+        raise ValueError(f"{name} = {x} is out of range; it must be {' and '.join(filter(None, [lo_s, hi_s]))}")
+
+
+def check_betas(name: str, betas) -> None:
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
+        raise ValueError(f"{name} = {list(betas) if isinstance(betas, tuple) else betas!r} is invalid; it must be two "
+                         "numbers in [0, 1), e.g. [0.9, 0.99]")
+
+
+def check_choice(name: str, x, options) -> None:
+    if x not in options:
+        raise ValueError(f"{name} = {x!r} is invalid; use one of: {', '.join(options)}")
+
+
+def check_adamw_args(lr, betas, eps, weight_decay, prefix: str = "") -> None:
+    check_number(f"{prefix}lr", lr, 0, lo_open=True)
+    check_betas(f"{prefix}betas", betas)
+    check_number(f"{prefix}eps", eps, 0)
+    check_number(f"{prefix}weight_decay", weight_decay, 0)
+
+
+def adamw_group_step(state: dict, group: dict) -> None:
+    """One torch AdamW step on `group` (decoupled wd), fused on CUDA, foreach otherwise."""
     params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
     for p in group["params"]:
         if p.grad is None:
@@ -147,7 +206,7 @@ def adamw_group_step(state: dict, group: dict) -> int:
         params.append(p)
         grads.append(p.grad)
     if not params:
-        return 0
+        return
     fused = all(p.is_cuda and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
     for p in params:
         st = state[p]
@@ -170,9 +229,3 @@ def adamw_group_step(state: dict, group: dict) -> int:
         amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
         eps=group["eps"], maximize=False,
     )
-    return sum(p.numel() for p in params)
-
-
-def matrix_view(t: torch.Tensor) -> torch.Tensor:
-    """A ≥2-D tensor seen as the matrix (size(0), rest) that NS orthogonalises (conv filters flattened)."""
-    return t if t.ndim == 2 else t.reshape(t.size(0), -1)

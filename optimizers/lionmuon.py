@@ -1,6 +1,6 @@
 """LionMuon: Lion steps with a Muon step every P-th step, on one shared dual-EMA buffer (Algorithm 1 of
 "LionMuon" by Beznosikov, Bolatov, Horváth, Kornilov, Riabinin, Takáč, Veprikov, arXiv 2605.19811; code
-brain-lab-research/lion-muon: src/optim/lion_muon.py; spec §6).
+brain-lab-research/lion-muon: src/optim/lion_muon.py; docs/optimizers.md §6).
 
 Update, per 2-D parameter W (m×n), step t counting from 0 (the first step is a Muon step):
     Ĝ ← β1·M + (1−β1)·g                                   Lion interpolation with the OLD buffer
@@ -8,9 +8,14 @@ Update, per 2-D parameter W (m×n), step t counting from 0 (the first step is a 
     else            (Lion step):  W ← W·(1 − ηL·wd) − ηL · sign(Ĝ)
     M ← β2·M + (1−β2)·g                                   every step, after the update
 - ηM is the group's `lr` (scheduled); ηL = lion_lr_ratio·lr, so one schedule scales both and ηL/ηM stays fixed
-  (the code stores lion_lr as that ratio too). Decay uses the step's own lr (ηM on Muon steps, ηL on Lion steps).
+  (the code stores lion_lr as that ratio too). `lion_lr` is the absolute ηL at construction (no None: the
+  reference code's None means 0.01·ηM; give the value). Decay uses the step's own lr (ηM on Muon steps, ηL on
+  Lion steps).
 - The 0.2·√max(m,n) factor of the Muon step is the code's and every run's (Algorithm 1 omits it); Lion steps use
   the raw sign. NS: KellerJordan quintic, 5 steps (every experiment; the code default is 6), bf16 on CUDA.
+- The Lion steps compute Ĝ and M with lerp (`g.lerp(M, β1)`, `M.lerp_(g, 1−β2)`), the form the committed CPU
+  results were produced with; the reference code (and optimizers/lion.py) multiply and add. The two are equal in
+  exact arithmetic and differ in fp32 rounding only.
 - P is an integer ≥ 1 or inf. P = inf takes no Muon step, which is Algorithm 1's Lion; the paper's "Lion" and
   "Signum" runs used P = 1e7 and so took ONE Muon step at t = 0 (at the warm-up lr): `first_step_muon=True`
   reproduces that quirk. Finite P always starts with a Muon step.
@@ -23,25 +28,23 @@ Update, per 2-D parameter W (m×n), step t counting from 0 (the first step is a 
 Special cases (the paper's README table, tested): β1 = β2 and P = 1 is the paper's "Muon" (EMA momentum, no
 Nesterov); P = inf is Lion; β1 = β2 with P = inf is Signum; SignMuon is β1 = β2 (signmuon.py).
 
-Defaults: the paper's best 124M run `lionmuon_k2`: lr (ηM) 1e-3, lion_lr (ηL) 5e-5, betas (0.9, 0.99), P = 2,
-weight_decay 0.1, ns_steps 5. Its backup AdamW (params routed by `ndim ≥ 2 and size(0) < 10000`, routing.py):
-lr 1e-3, betas (0.8, 0.999), eps 1e-8, wd 0.1. (The code's class defaults — lr 2e-3, lion_lr 0.01·lr,
-betas (0.95, 0.99), P = 5, wd 0 — are overridden by every experiment.) State: one buffer `exp_avg` per matrix.
+The defaults are the paper's best 124M run `lionmuon_k2`, with its backup AdamW (params routed by `ndim ≥ 2 and
+size(0) < 10000`, routing.py). (The code's class defaults — lr 2e-3, lion_lr 0.01·lr, betas (0.95, 0.99), P = 5,
+wd 0 — are overridden by every experiment.) State: one buffer `exp_avg` per matrix.
 """
 
 import math
 
 import torch
 
-from .base import NanoptimOptimizer, matrix_view
-from .flops import ELEMENTWISE_PER_ELEMENT
-from .lion import lion_foreach
-from .muon import check_ns_args
+from .base import HybridOptimizer, check_betas, check_number
+from .newton_schulz import check_ns_args, rms_match_scale
 
 
 def check_period(period) -> float:
-    if not (math.isinf(period) or (period >= 1 and float(period).is_integer())) or period < 0:
-        raise ValueError(f"period must be an integer >= 1 or inf, got {period}")
+    if isinstance(period, bool) or not isinstance(period, (int, float)) or not (
+            (math.isinf(period) and period > 0) or (period >= 1 and float(period).is_integer())):
+        raise ValueError(f"period = {period!r} is invalid; it must be an integer >= 1 or inf")
     return float(period)
 
 
@@ -52,51 +55,63 @@ def is_muon_step(step: int, period: float, first_step_muon: bool) -> bool:
     return step % int(period) == 0
 
 
-class LionMuon(NanoptimOptimizer):
-    method = "lionmuon"
+class LionMuon(HybridOptimizer):
+    """LionMuon with the paper's best 124M run as defaults.
 
-    def __init__(self, params, lr: float = 1e-3, lion_lr: float | None = 5e-5, betas=(0.9, 0.99),
+    Args:
+        lr: ηM, the learning rate of the Muon steps (1e-3).
+        lion_lr: ηL, the learning rate of the Lion steps (5e-5); stored as the ratio ηL/ηM.
+        betas: (β1, β2): β1 interpolates buffer and gradient for the direction Ĝ, β2 decays the buffer (0.9, 0.99).
+        period: P: a Muon step when t mod P == 0, a Lion step otherwise; an integer ≥ 1, or inf for none (2).
+        weight_decay: decoupled weight decay, with the step's own lr (0.1).
+        first_step_muon: with P = inf, take the reference code's single Muon step at t = 0 (False).
+        ns_steps, ns_coefficients, ns_dtype: Newton–Schulz settings, as in Muon (5, "kellerjordan", "auto").
+    """
+
+    flops_per_element = 11  # Lion's (the Muon steps' NS counted separately)
+    matrices_only = True
+    default_routing = "lionmuon"
+    # lion-muon src/optim/lion_muon.py with the 124M scripts' --lr 1e-3 --wd 0.1
+    default_backup_adamw = dict(lr=1e-3, betas=(0.8, 0.999), eps=1e-8, weight_decay=0.1)
+
+    def __init__(self, params, lr: float = 1e-3, lion_lr: float = 5e-5, betas: tuple[float, float] = (0.9, 0.99),
                  period: float = 2, weight_decay: float = 0.1, first_step_muon: bool = False, ns_steps: int = 5,
                  ns_coefficients: str = "kellerjordan", ns_dtype: str = "auto"):
-        if lr <= 0 or (lion_lr is not None and lion_lr < 0) or weight_decay < 0 or \
-                not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"invalid {type(self).__name__} hyperparameters lr={lr} lion_lr={lion_lr} "
-                             f"betas={betas} wd={weight_decay}")
+        check_number("lr", lr, 0, lo_open=True)
+        check_number("lion_lr", lion_lr, 0)
+        check_betas("betas", betas)
+        check_number("weight_decay", weight_decay, 0)
         period = check_period(period)
         check_ns_args(ns_steps, ns_coefficients, ns_dtype)
-        super().__init__(params, dict(lr=lr, lion_lr_ratio=(lion_lr if lion_lr is not None else lr) / lr,
-                                      betas=tuple(betas), period=period, weight_decay=weight_decay,
-                                      first_step_muon=first_step_muon, ns_steps=int(ns_steps),
-                                      ns_coefficients=ns_coefficients, ns_dtype=ns_dtype, step=0))
-        for group in self.param_groups:
-            if group["kind"] == "main" and any(p.ndim < 2 for p in group["params"]):
-                raise ValueError(f"{type(self).__name__} only updates matrices (≥2-D); "
-                                 "give 1-D params to a kind='adamw' group")
+        super().__init__(params, dict(lr=lr, lion_lr_ratio=lion_lr / lr, betas=tuple(betas), period=period,
+                                      weight_decay=weight_decay, first_step_muon=first_step_muon,
+                                      ns_steps=int(ns_steps), ns_coefficients=ns_coefficients, ns_dtype=ns_dtype,
+                                      step=0))
+
+    def takes_ns_step(self, group: dict) -> bool:
+        return is_muon_step(group["step"], group["period"], group["first_step_muon"])
 
     def is_muon_step(self) -> bool:
-        """Whether the next step() is a Muon step (for the first main group; all groups share one phase)."""
-        g = next(g for g in self.param_groups if g["kind"] == "main")
-        return is_muon_step(g["step"], g["period"], g["first_step_muon"])
+        """Whether the next step() is a Muon step (for the first group; all groups share one phase)."""
+        return self.takes_ns_step(next(g for g in self.param_groups if not g["backup_adamw"]))
 
-    def _step_main(self, groups):
-        work, muon_params, n = [], [], 0
-        for group in groups:
-            t = group["step"]
-            group["step"] = t + 1
-            ps, grads, (bufs,) = self._collect(group, ("exp_avg",))
-            if not ps:
-                continue
+    def _step(self, groups):
+        ns_inputs, muon_params = [], []
+        for group in groups:  # the step counter advances in every group, with gradients or not
+            group["step"] += 1
+        for group, ps, grads, bufs in self._groups_with_grads(groups, "exp_avg"):
             beta1, beta2 = group["betas"]
-            n += sum(p.numel() for p in ps)
-            if is_muon_step(t, group["period"], group["first_step_muon"]):
-                directions = torch._foreach_lerp(grads, bufs, beta1)  # Ĝ from the old buffer
-                torch._foreach_lerp_(bufs, grads, 1.0 - beta2)
-                work += [(group, matrix_view(d)) for d in directions]
+            directions = torch._foreach_lerp(grads, bufs, beta1)  # Ĝ = β1·M + (1−β1)·g, from the OLD buffer
+            torch._foreach_lerp_(bufs, grads, 1.0 - beta2)  # M ← β2·M + (1−β2)·g
+            if is_muon_step(group["step"] - 1, group["period"], group["first_step_muon"]):
+                ns_inputs += [(group, d) for d in directions]
                 muon_params += ps
-            else:
-                lion_foreach(ps, grads, bufs, group["lr"] * group["lion_lr_ratio"], group["weight_decay"],
-                             beta1, beta2)
-        outs, flops = self._orthogonalize(work)
-        self._apply_matrix_updates(work, muon_params, outs, lambda g, rows, cols: 0.2 * math.sqrt(max(rows, cols)))
-        flops["elementwise"] += ELEMENTWISE_PER_ELEMENT[self.method] * n
-        return flops
+            else:  # Lion step: W ← W·(1 − ηL·wd) − ηL·sign(Ĝ)
+                lr = group["lr"] * group["lion_lr_ratio"]
+                if group["weight_decay"] != 0:
+                    torch._foreach_mul_(ps, 1.0 - lr * group["weight_decay"])
+                torch._foreach_sign_(directions)
+                torch._foreach_add_(ps, directions, alpha=-lr)
+        outs = self._orthogonalize(ns_inputs)
+        self._apply_matrix_updates([g for g, _ in ns_inputs], muon_params, outs,
+                                   lambda g, rows, cols: rms_match_scale(rows, cols))

@@ -9,12 +9,15 @@ quintic polynomial on the singular values:
 working on the wide orientation (tall inputs are transposed so that A is r×r with r = min(m, n)), as every
 reference implementation does. Two coefficient sets are selectable:
 
-- "kellerjordan": (a, b, c) = (3.4445, −4.7750, 2.0315) at every step, eps 1e-7, exactly
-  KellerJordan/Muon: muon.py `zeropower_via_newtonschulz5` (and torch.optim.Muon). The scalar map has f(1) = 0.701
-  and the 5-step output's singular values land in about [0.68, 1.2] rather than at 1 (spec §9.1).
+- "kellerjordan": (a, b, c) = (3.4445, −4.7750, 2.0315) at every step, X / (‖X‖_F + 1e-7), exactly
+  KellerJordan/Muon: muon.py `zeropower_via_newtonschulz5`. torch.optim.Muon uses the same coefficients but
+  divides by max(‖X‖_F, eps) (a clamp, not a sum), so the two differ by about eps/‖X‖_F relatively
+  (docs/optimizers.md §5.2). The scalar map has f(1) = 0.701 and the 5-step output's singular values land in about
+  [0.68, 1.2] rather than at 1 (docs/optimizers.md §9.1).
 - "polar_express": the per-step coefficients of Amsel et al. 2025 (arXiv 2505.16932, Algorithm 1, the list in
   NoahAmsel/PolarExpress: polar_express.py), each tuple except the last divided by (1.01, 1.01³, 1.01⁵) (the
-  safety factor), normalisation by 1.01·‖X‖_F + 1e-7; after 8 steps the last tuple repeats (spec §5.4).
+  safety factor), normalisation by 1.01·‖X‖_F + 1e-7; after 8 steps the last tuple repeats (docs/optimizers.md
+  §5.4).
 
 Precision: "auto" runs NS in bfloat16 on CUDA (as every reference does; the iteration is stable in bf16) and in the
 input's own dtype elsewhere (fp32 on CPU, where bf16 matmuls are slow, and fp64 in the float64 reference tests).
@@ -26,10 +29,10 @@ every rank ends with every NS output. Inputs must be identical on all ranks (the
 full momentum state on every rank).
 """
 
+import math
+
 import torch
 import torch.distributed as dist
-
-from .flops import ns_matmul_flops
 
 KELLERJORDAN = (3.4445, -4.7750, 2.0315)
 
@@ -51,6 +54,53 @@ POLAR_EXPRESS.append(_POLAR_EXPRESS_RAW[-1])
 NS_COEFFICIENTS = ("kellerjordan", "polar_express")
 NS_DTYPES = ("auto", "bfloat16", "float32", "float64")
 NS_EPS = 1e-7
+
+
+def check_ns_args(ns_steps, ns_coefficients, ns_dtype) -> None:
+    """The constructor check of every Newton–Schulz optimizer's ns_* arguments (ValueError names the argument)."""
+    if isinstance(ns_steps, bool) or int(ns_steps) != ns_steps or not 1 <= ns_steps < 100:
+        raise ValueError(f"ns_steps = {ns_steps!r} is invalid; it must be an integer in [1, 99]")
+    if ns_coefficients not in NS_COEFFICIENTS:
+        raise ValueError(f"ns_coefficients = {ns_coefficients!r} is invalid; use one of: {', '.join(NS_COEFFICIENTS)}")
+    if ns_dtype not in NS_DTYPES:
+        raise ValueError(f"ns_dtype = {ns_dtype!r} is invalid; use one of: {', '.join(NS_DTYPES)}")
+
+
+def rms_match_scale(rows: int, cols: int) -> float:
+    """0.2·√max(rows, cols): scales an orthogonalised rows×cols update to RMS ≈ 0.2, AdamW's typical update RMS
+    (Moonlight, arXiv 2502.16982; the LionMuon code's Muon steps; Muon's scaling = "match_rms_adamw")."""
+    return 0.2 * math.sqrt(max(rows, cols))
+
+
+def matrix_shape(t: torch.Tensor) -> tuple[int, int]:
+    """The (rows, cols) a parameter is orthogonalised as: (size(0), numel/size(0)). Tensors with more than two
+    dimensions are flattened to (size(0), -1), as the LionMuon code and pytorch-optimizer do (KellerJordan/Muon
+    instead batches 3-D over dim 0; docs/optimizers.md §1.5)."""
+    rows = int(t.size(0))
+    return rows, t.numel() // rows if rows else 0
+
+
+def matrix_view(t: torch.Tensor) -> torch.Tensor:
+    """`t` seen as the matrix of matrix_shape(t) (a view: no copy)."""
+    return t if t.ndim == 2 else t.reshape(t.size(0), -1)
+
+
+# FLOPs. One multiply-add = 2 FLOPs, as in the model's 6·N·tokens. NS on an m×n matrix works on X of shape r×c,
+# r = min(m, n), c = max(m, n). One iteration X ← aX + (bA + cA²)X with A = XXᵀ costs XXᵀ 2r²c, A·A 2r³, B·X 2r²c.
+# This is the formula of the LionMuon authors' plot script (brain-lab-research/lion-muon:
+# scripts/plotting/plot_results.py, `ns_steps·2·dmin²·(2·dmax + dmin)`); docs/optimizers.md §5.5.
+
+
+def ns_matmul_flops(m: int, n: int, steps: int) -> int:
+    """Exact matmul FLOPs of `steps` Newton–Schulz iterations on an m×n matrix: steps·(4r²c + 2r³)."""
+    r, c = min(m, n), max(m, n)
+    return steps * (4 * r * r * c + 2 * r * r * r)
+
+
+def ns_elementwise_flops(m: int, n: int, steps: int) -> int:
+    """Estimated elementwise FLOPs of Newton–Schulz on an m×n matrix: 2mn (normalise) + steps·(2r² + 3rc)."""
+    r, c = min(m, n), max(m, n)
+    return 2 * m * n + steps * (2 * r * r + 3 * r * c)
 
 
 def coefficient_schedule(coefficients: str, steps: int) -> tuple[list[tuple[float, float, float]], float]:

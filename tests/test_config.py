@@ -3,6 +3,8 @@
 import glob
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -33,13 +35,15 @@ def test_every_shipped_config_loads(path):
 def test_overrides_are_typed():
     cfg = load_config(None, ["--optimizer.lr=2e-3", "--train.compile=true", "--optimizer.betas=[0.8, 0.99]",
                              "--logging.run_dir=out/x", "--train.max_steps=7"])
-    assert cfg.optimizer.lr == 2e-3 and cfg.train.compile is True
-    assert cfg.optimizer.betas == [0.8, 0.99] and cfg.logging.run_dir == "out/x" and cfg.train.max_steps == 7
+    assert cfg.optimizer.settings["lr"] == 2e-3 and cfg.train.compile is True
+    assert cfg.optimizer.settings["betas"] == (0.8, 0.99) and cfg.logging.run_dir == "out/x"
+    assert cfg.train.max_steps == 7
     assert isinstance(cfg.train.max_steps, int)
 
 
 def test_int_is_accepted_for_float_but_not_the_reverse():
-    assert load_config(None, ["--optimizer.lr=1"]).optimizer.lr == 1.0
+    lr = load_config(None, ["--optimizer.lr=1"]).optimizer.settings["lr"]
+    assert lr == 1.0 and isinstance(lr, float)  # typed by the optimizer's constructor signature
     with pytest.raises(ConfigError, match="train.max_steps"):
         load_config(None, ["--train.max_steps=1.5"])
 
@@ -135,15 +139,70 @@ period = 2
 
 def test_per_optimizer_tables_make_switching_one_line(tmp_path):
     path = write(tmp_path, PER_METHOD)
-    a = load_config(path)
-    assert (a.optimizer.name, a.optimizer.lr, a.optimizer.betas, a.optimizer.weight_decay) == \
-        ("adamw", 3e-3, [0.9, 0.95], 0.05)
-    b = load_config(path, ["--optimizer.name=lionmuon"])
-    assert (b.optimizer.lr, b.optimizer.lion_lr, b.optimizer.betas) == (1e-2, 3e-4, None)
+    a = load_config(path).optimizer
+    assert (a.name, a.method, a.settings) == ("adamw", "adamw", dict(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.05))
+    b = load_config(path, ["--optimizer.name=lionmuon"]).optimizer
+    assert b.settings == dict(lr=1e-2, lion_lr=3e-4, period=2.0, weight_decay=0.05)
     c = load_config(path, ["--optimizer.name=lionmuon", "--optimizer.lr=5e-3", "--optimizer.lionmuon.lion_lr=1e-4"])
-    assert (c.optimizer.lr, c.optimizer.lion_lr) == (5e-3, 1e-4)
-    d = load_config(path, ["--optimizer.name=lion"])  # no table: the method's defaults plus the shared keys
-    assert d.optimizer.lr is None and d.optimizer.weight_decay == 0.05
+    assert (c.optimizer.settings["lr"], c.optimizer.settings["lion_lr"]) == (5e-3, 1e-4)
+    d = load_config(path, ["--optimizer.name=lion"]).optimizer  # no table: the defaults plus the shared keys
+    assert (d.method, d.settings) == ("lion", dict(weight_decay=0.05))
+
+
+RECIPES = """
+[optimizer]
+name = "p5"
+[optimizer.p5]
+method = "lionmuon"
+period = 5
+lion_lr = 3e-4
+[optimizer.p2]
+method = "lionmuon"
+period = 2
+[optimizer.lion]
+routing = "lionmuon"
+adamw_betas = [0.8, 0.999]
+"""
+
+
+def test_recipes_name_settings_of_one_optimizer(tmp_path):
+    path = write(tmp_path, RECIPES)
+    p5 = load_config(path).optimizer
+    assert (p5.name, p5.method, p5.settings) == ("p5", "lionmuon", dict(period=5.0, lion_lr=3e-4))
+    p2 = load_config(path, ["--optimizer.name=p2", "--optimizer.lr=2e-3"]).optimizer
+    assert (p2.method, p2.settings) == ("lionmuon", dict(period=2.0, lr=2e-3))
+    lion = load_config(path, ["--optimizer.name=lion"]).optimizer  # any optimizer may take a backup AdamW
+    assert (lion.method, lion.settings["routing"]) == ("lion", "lionmuon")
+    # the run dir placeholder is the recipe, so recipes of one optimizer do not share a run dir
+    cfg = load_config(path, ["--optimizer.name=p2", "--logging.run_dir=out/{optimizer.name}"])
+    assert cfg.logging.run_dir == "out/p2"
+    # the resolved config (config.toml of a run dir) loads back as the same run
+    again = load_config(write(tmp_path, to_toml(cfg), "saved.toml"))
+    assert (again.optimizer.name, again.optimizer.method, again.optimizer.settings) == \
+        (cfg.optimizer.name, cfg.optimizer.method, cfg.optimizer.settings)
+    assert differences(cfg, again) == []
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("[optimizer.p7]\nperiod = 7\n", ["[optimizer.p7]", "needs a method"]),
+    ("[optimizer.p7]\nmethod = \"lionmoun\"\n", ["lionmoun", "did you mean 'lionmuon'"]),
+    ("[optimizer.p7]\nmethod = \"lion\"\nperiod = 7\n", ["optimizer.p7.period", "not used by optimizer 'lion'"]),
+])
+def test_bad_recipes(tmp_path, extra, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, RECIPES + extra))
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+    with pytest.raises(ConfigError, match="neither a recipe of .* nor an optimizer"):
+        load_config(write(tmp_path, RECIPES), ["--optimizer.name=p9"])
+
+
+def test_importing_config_does_not_import_torch():
+    # run.sh and sweep.py read configs; torch costs seconds to import
+    code = ("import sys, config; c = config.load_config(None, full_check=False); "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(c.optimizer.method)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "adamw", proc.stderr
 
 
 @pytest.mark.parametrize("extra, words", [

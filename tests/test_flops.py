@@ -1,5 +1,5 @@
-"""Tests for flops.py: model FLOPs per token derived by hand, the LionMuon paper's numbers (spec §6.6), Newton–Schulz
-FLOPs (spec §5.5), the analytic parameter count against model.py, the peak table and MFU, FlopsCounter."""
+"""Tests for flops.py: model FLOPs per token derived by hand, the LionMuon paper's numbers (docs/optimizers.md §6.6),
+Newton–Schulz FLOPs (§5.5), the analytic parameter count against model.py, the peak table and MFU, FlopsCounter."""
 
 import pytest
 import torch
@@ -7,6 +7,7 @@ import torch
 import flops
 from errors import CheckpointError
 from model import GPT, MODEL_SIZES, model_config
+from optimizers.newton_schulz import ns_matmul_flops
 
 
 def test_gpt2_124m_flops_per_token_by_hand():
@@ -47,7 +48,7 @@ def test_n_params_matches_model(arch, size, bias):
 
 
 def test_lionmuon_paper_values():
-    # spec §6.6, 124M at T=512, B=32, K=5
+    # docs/optimizers.md §6.6, 124M at T=512, B=32, K=5
     assert flops.lionmuon_paper_n_params(12, 768, 512, 50304) == 123_961_344
     model = flops.lionmuon_paper_model_flops_per_step(12, 768, 512, 50304, 32)
     assert model == pytest.approx(1.21859e13, rel=1e-5)
@@ -70,22 +71,14 @@ def test_lionmuon_paper_values():
 @pytest.mark.parametrize("m,n,want", [(768, 768, 1.359e10), (768, 2304, 3.171e10), (3072, 768, 4.077e10),
                                       (1024, 4096, 9.664e10)])
 def test_ns_flops_spec_table(m, n, want):
-    assert flops.ns_flops(m, n, 5) == pytest.approx(want, rel=5e-4)
-    assert flops.ns_flops(m, n, 5) == flops.ns_flops(n, m, 5)  # transposing does not change the work
-
-
-def test_ns_flops_agrees_with_optimizers_package():
-    # optimizers/flops.py charges the optimizers' NS work with its own copy of the formula; the two must not drift
-    from optimizers.flops import ns_matmul_flops
-
-    for m, n, k in [(768, 2304, 5), (3072, 768, 5), (2048, 2048, 6), (7, 3, 1)]:
-        assert flops.ns_flops(m, n, k) == ns_matmul_flops(m, n, k)
+    assert ns_matmul_flops(m, n, 5) == pytest.approx(want, rel=5e-4)
+    assert ns_matmul_flops(m, n, 5) == ns_matmul_flops(n, m, 5)  # transposing does not change the work
 
 
 def test_ns_flops_exact():
     # one step on 2×3: r=2, c=3 -> X·Xᵀ 2·2·2·3=24, A·A 2·2³=16, B·X 24 -> 64
-    assert flops.ns_flops(2, 3, 1) == 64
-    assert flops.ns_flops(3, 2, 4) == 256
+    assert ns_matmul_flops(2, 3, 1) == 64
+    assert ns_matmul_flops(3, 2, 4) == 256
 
 
 @pytest.mark.parametrize("name,peak", [

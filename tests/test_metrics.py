@@ -8,7 +8,6 @@ import warnings
 
 import pytest
 
-import metrics
 from errors import ConfigError
 from metrics import EVAL_KEYS, TRAIN_KEYS, MetricsLogger, read_records
 
@@ -128,10 +127,15 @@ def test_read_records_tolerates_truncation(tmp_path):
         assert [r["kind"] for r in read_records(p)] == ["config", "train"]
 
 
-def test_write_json_atomic(tmp_path):
-    metrics.write_json_atomic(tmp_path / "final.json", {"steps": 3, "best_val_loss": float("nan")})
-    assert json.loads((tmp_path / "final.json").read_text()) == {"steps": 3, "best_val_loss": None}
-    assert os.listdir(tmp_path) == ["final.json"]
+def test_atomic_write_leaves_old_file_on_error(tmp_path):
+    from atomic import atomic_write
+
+    path = str(tmp_path / "final.json")
+    atomic_write(path, lambda f: f.write(b'{"steps": 3}'))
+    with pytest.raises(RuntimeError):
+        atomic_write(path, lambda f: (f.write(b'{"st'), (_ for _ in ()).throw(RuntimeError("disk"))))
+    assert json.loads(open(path).read()) == {"steps": 3}  # the old content, whole
+    assert os.listdir(tmp_path) == ["final.json"]  # no temporary file left
 
 
 # ---- wandb ----

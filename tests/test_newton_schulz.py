@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from optimizers.flops import ns_matmul_flops
-from optimizers.newton_schulz import POLAR_EXPRESS, newton_schulz, orthogonalize
+from optimizers.newton_schulz import POLAR_EXPRESS, newton_schulz, ns_matmul_flops, orthogonalize
 
 KJ = (3.4445, -4.7750, 2.0315)
 
@@ -70,7 +69,7 @@ def test_polar_express_range_and_reference():
     G = well_conditioned(40, 72, seed=2, smin=1.0, smax=100.0)
     O = newton_schulz(G, steps=5, coefficients="polar_express")
     s = torch.linalg.svdvals(O)
-    # spec §9.3: image of [1e-3, 1] after 5 steps is [0.8401, 1.1236]
+    # docs/optimizers.md §9.3: image of [1e-3, 1] after 5 steps is [0.8401, 1.1236]
     assert s.min() >= 0.84 and s.max() <= 1.1237, (s.min(), s.max())
     # the coefficients with the 1.01 safety factor (spec §9.3, first tuple and the last one that repeats)
     assert POLAR_EXPRESS[0] == pytest.approx((8.205160414005574, -22.901934987056048, 16.460724910180314), rel=1e-12)
@@ -112,7 +111,7 @@ def test_auto_dtype_keeps_cpu_precision():
 
 
 def test_ns_flops_formula():
-    # spec §5.5 table and GPT-2 124M total (12 layers × {c_attn 2304×768, attn.c_proj 768², c_fc 3072×768,
+    # docs/optimizers.md §5.5 table and GPT-2 124M total (12 layers × {c_attn 2304×768, attn.c_proj 768², c_fc 3072×768,
     # mlp.c_proj 768×3072}) = 1.522e12
     assert ns_matmul_flops(768, 768, 5) == 5 * (4 * 768**3 + 2 * 768**3)
     assert ns_matmul_flops(768, 768, 5) == pytest.approx(1.359e10, rel=1e-3)

@@ -17,12 +17,14 @@ from optimizers import (
     LionMuon,
     Muon,
     OLion,
-    OptimizerConfig,
     SignMuon,
     Signum,
     build_optimizer,
+    check_recipe,
+    optimizer_class,
 )
-from optimizers.flops import ns_matmul_flops
+from optimizers.build import constructor_arguments
+from optimizers.newton_schulz import ns_matmul_flops
 
 KJ = (3.4445, -4.7750, 2.0315)
 SHAPES = [(12, 5), (5, 12), (7, 7), (9,)]  # tall, wide, square, 1-D
@@ -163,7 +165,7 @@ def assert_history(hist, ref, atol=1e-11):
 def hybrid(params):
     """Matrices in the main group, 1-D params in a backup AdamW group with its own lr, betas and wd."""
     return [dict(params=params[:3]),
-            dict(params=params[3:], kind="adamw", lr=3e-3, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.05)]
+            dict(params=params[3:], backup_adamw=True, lr=3e-3, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.05)]
 
 
 def backup_ref(p, g, s, f, t):
@@ -254,7 +256,7 @@ def test_sign_of_zero_is_zero(name):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# identities (spec §9.10)
+# identities (docs/optimizers.md §9.10)
 
 
 def matrices(seed=0):
@@ -378,7 +380,7 @@ class Tiny(torch.nn.Module):
 @pytest.mark.parametrize("name", ["lion", "signum", "muon", "olion", "lionmuon", "signmuon", "leo"])
 def test_state_memory_one_fp32_buffer(name):
     model = Tiny()
-    opt = build_optimizer(model, OptimizerConfig(name=name), "cpu")
+    opt = build_optimizer(model, name, dict())
     for _, p in model.named_parameters():
         p.grad = torch.randn_like(p)
     opt.step()
@@ -386,21 +388,20 @@ def test_state_memory_one_fp32_buffer(name):
         for p in group["params"]:
             tensors = [v for v in opt.state[p].values() if torch.is_tensor(v)]
             nbytes = sum(v.numel() * v.element_size() for v in tensors)
-            if group["kind"] == "main":
+            if not group["backup_adamw"]:
                 assert nbytes == 4 * p.numel(), (name, p.shape, nbytes)  # exactly one fp32 buffer
             else:  # backup AdamW: exp_avg, exp_avg_sq and a 4-byte step counter
                 assert nbytes == 8 * p.numel() + 4
-    assert sum(len(g["params"]) for g in opt.param_groups if g["kind"] == "main") >= 4
+    assert sum(len(g["params"]) for g in opt.param_groups if not g["backup_adamw"]) >= 4
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_state_dict_round_trip(name):
     # 3 steps, save, load into a fresh optimizer on a copy of the params, 3 more steps == 6 uninterrupted steps,
     # bit for bit. With P = 2, an odd step count means the resumed LionMuon must start with a Lion step.
-    cfg = OptimizerConfig(name=name)
     m1 = Tiny()
     m2 = copy.deepcopy(m1)
-    o1 = build_optimizer(m1, cfg, "cpu")
+    o1 = build_optimizer(m1, name, {})
 
     def steps(model, opt, ts):
         for t in ts:
@@ -415,7 +416,7 @@ def test_state_dict_round_trip(name):
     sd = copy.deepcopy(o1.state_dict())
     m2.load_state_dict(m1.state_dict())
     steps(m1, o1, range(3, 6))
-    o2 = build_optimizer(m2, cfg, "cpu")
+    o2 = build_optimizer(m2, name, {})
     o2.load_state_dict(sd)
     if name in ("lionmuon", "signmuon"):
         assert o2.param_groups[0]["step"] == 3 and not o2.is_muon_step()
@@ -428,7 +429,7 @@ def test_state_dict_round_trip(name):
 def test_last_step_flops():
     model = Tiny()
     mats = [(48, 16), (16, 16), (64, 16), (16, 64), (32, 16)]  # lionmuon routes wpe (32×16) to the matrices too
-    opt = build_optimizer(model, OptimizerConfig(name="lionmuon", period=2), "cpu")
+    opt = build_optimizer(model, "lionmuon", dict(period=2))
     seen = []
     for _t in range(4):
         for _, p in model.named_parameters():
@@ -439,7 +440,7 @@ def test_last_step_flops():
     assert [f["matmul"] for f in seen] == [ns, 0, ns, 0]  # NS charged on Muon steps only
     numel = sum(p.numel() for _, p in model.named_parameters())
     assert all(f["elementwise"] >= 8 * numel for f in seen)
-    adam = build_optimizer(model, OptimizerConfig(name="adamw"), "cpu")
+    adam = build_optimizer(model, "adamw", dict())
     adam.step()
     assert adam.last_step_flops() == {"matmul": 0, "elementwise": 15 * numel}
 
@@ -447,9 +448,9 @@ def test_last_step_flops():
 def test_schedule_keeps_group_ratios():
     # The schedule multiplies every group's base_lr; LionMuon's ηL is a ratio of the group lr, so it follows.
     model = Tiny()
-    opt = build_optimizer(model, OptimizerConfig(name="lionmuon", lr=2e-3, lion_lr=1e-4, adamw_lr=5e-4), "cpu")
+    opt = build_optimizer(model, "lionmuon", dict(lr=2e-3, lion_lr=1e-4, adamw_lr=5e-4))
     main, backup = opt.param_groups
-    assert (main["base_lr"], backup["base_lr"], backup["kind"]) == (2e-3, 5e-4, "adamw")
+    assert (main["base_lr"], backup["base_lr"], backup["backup_adamw"]) == (2e-3, 5e-4, True)
     assert main["lion_lr_ratio"] == pytest.approx(0.05)
 
 
@@ -457,53 +458,65 @@ def test_schedule_keeps_group_ratios():
 # config
 
 
-def test_default_config_is_adamw_and_valid():
-    cfg = OptimizerConfig().validate()
-    assert cfg.name == "adamw" and cfg.resolved()["lr"] == 1e-3
+def defaults(name):
+    """{argument: default} of an optimizer's constructor: the single source of its hyperparameters."""
+    return {k: d for k, (_, d) in constructor_arguments(optimizer_class(name)).items()}
+
+
+def test_default_recipe_is_adamw_and_valid():
+    check_recipe("adamw", {})
+    assert defaults("adamw")["lr"] == 1e-3
 
 
 def test_pinned_method_defaults():
-    # spec §9.12
-    lm = OptimizerConfig(name="lionmuon").resolved()
-    assert (lm["betas"], lm["period"], lm["lr"], lm["lion_lr"], lm["weight_decay"]) == ([0.9, 0.99], 2, 1e-3, 5e-5, 0.1)
-    assert lm["adamw_betas"] == [0.8, 0.999] and lm["routing"] == "lionmuon"
-    assert OptimizerConfig(name="lion").resolved()["betas"] == [0.9, 0.99]
-    assert OptimizerConfig(name="olion").resolved()["betas"] == [0.95, 0.98]
-    leo = OptimizerConfig(name="leo", lr=0.01).resolved()
-    assert (leo["align_const"], leo["betas"], leo["adamw_lr"]) == (0.3, [0.9, 0.99], pytest.approx(1e-3))
-    mu = OptimizerConfig(name="muon").resolved()
+    # docs/optimizers.md §9.12
+    lm = defaults("lionmuon")
+    assert (lm["betas"], lm["period"], lm["lr"], lm["lion_lr"], lm["weight_decay"]) == ((0.9, 0.99), 2, 1e-3, 5e-5, 0.1)
+    assert LionMuon.default_backup_adamw["betas"] == (0.8, 0.999) and LionMuon.default_routing == "lionmuon"
+    assert defaults("lion")["betas"] == (0.9, 0.99)
+    assert defaults("olion")["betas"] == (0.95, 0.98)
+    assert defaults("leo")["align_const"] == 0.3 and defaults("leo")["betas"] == (0.9, 0.99)
+    leo = build_optimizer(Tiny(), "leo", dict(lr=0.01))
+    assert [g["lr"] for g in leo.param_groups if g["backup_adamw"]] == [pytest.approx(1e-3)]  # 0.1 × lr
+    mu = defaults("muon")
     assert (mu["momentum"], mu["ns_steps"], mu["ns_coefficients"]) == (0.95, 5, "kellerjordan")
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(name="adamw2"), "unknown. Use one of: adamw, lion"),
-    (dict(name="lion", lr=-1e-4), r"optimizer.lr = -0.0001 is out of range"),
-    (dict(name="lion", betas=[0.9, 1.0]), r"optimizer.betas .* \[0, 1\)"),
-    (dict(name="lion", betas=[0.9]), r"optimizer.betas"),
-    (dict(name="lionmuon", period=0.5), r"optimizer.period = 0.5 .* integer >= 1 or inf"),
-    (dict(name="lionmuon", period=2.5), r"optimizer.period = 2.5"),
-    (dict(name="muon", ns_steps=0), r"optimizer.ns_steps = 0"),
-    (dict(name="muon", ns_coefficients="cubic"), r"kellerjordan, polar_express"),
-    (dict(name="muon", scaling="moonlight"), r"original, match_rms_adamw"),
-    (dict(name="muon", betas=[0.9, 0.99]), r"optimizer.betas is not used by optimizer 'muon'"),
-    (dict(name="signmuon", momentum=1.2), r"optimizer.momentum = 1.2"),
-    (dict(name="olion", routing="everything"), r"hidden, lionmuon, olion, leo"),
-    (dict(name="leo", align_const=0.0), r"optimizer.align_const = 0.0"),
-    (dict(name="muon", nesterov="yes"), r"true or false"),
-    (dict(name="muon", to_backup=[""]), r"non-empty"),
+@pytest.mark.parametrize("name,settings,match", [
+    ("adamw2", {}, "unknown. Use one of: adamw, lion"),
+    ("lion", dict(lr=-1e-4), r"optimizer.lr = -0.0001 is out of range"),
+    ("lion", dict(betas=[0.9, 1.0]), r"optimizer.betas .* \[0, 1\)"),
+    ("lion", dict(betas=[0.9]), r"optimizer.betas"),
+    ("lionmuon", dict(period=0.5), r"optimizer.period = 0.5 .* integer >= 1 or inf"),
+    ("lionmuon", dict(period=2.5), r"optimizer.period = 2.5"),
+    ("muon", dict(ns_steps=0), r"optimizer.ns_steps = 0"),
+    ("muon", dict(ns_coefficients="cubic"), r"kellerjordan, polar_express"),
+    ("muon", dict(scaling="moonlight"), r"original, match_rms_adamw"),
+    ("muon", dict(betas=[0.9, 0.99]), r"optimizer.betas: it is not used by optimizer 'muon'"),
+    ("signmuon", dict(momentum=1.2), r"optimizer.momentum = 1.2"),
+    ("olion", dict(routing="everything"), r"none, hidden, lionmuon, olion, leo"),
+    ("leo", dict(align_const=0.0), r"optimizer.align_const = 0.0"),
+    ("muon", dict(nesterov="yes"), r"optimizer.nesterov .* bool"),
+    ("muon", dict(to_backup=[""]), r"non-empty"),
+    ("muon", dict(routing="none"), r"updates only matrices"),
+    ("lion", dict(adamw_lr=1e-3), r"routing = 'none' sends no parameter to a backup AdamW"),
+    ("muon", dict(adamw_lr=0.0), r"optimizer.adamw_lr = 0.0 is out of range"),
+    ("muon", dict(adamw_betas=[0.9, 1.5]), r"optimizer.adamw_betas"),
+    ("lionmuon", dict(lion_lr=None), r"optimizer.lion_lr = None"),
 ])
-def test_config_errors(kwargs, match):
-    with pytest.raises(ConfigError, match=match):
-        OptimizerConfig(**kwargs).validate()
+def test_recipe_errors(name, settings, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        check_recipe(name, settings)
+    assert "\n" not in str(e.value)
 
 
 def test_period_inf_and_integer_float_are_valid():
-    OptimizerConfig(name="lionmuon", period=math.inf).validate()
-    OptimizerConfig(name="signmuon", period=5.0).validate()
+    check_recipe("lionmuon", dict(period=math.inf))
+    check_recipe("signmuon", dict(period=5.0))
 
 
 def test_routing_override_that_matches_nothing():
     with pytest.raises(ConfigError, match="matches no parameter"):
-        build_optimizer(Tiny(), OptimizerConfig(name="muon", to_backup=["nonexistent"]), "cpu")
+        build_optimizer(Tiny(), "muon", dict(to_backup=["nonexistent"]))
     with pytest.raises(ConfigError, match="1-D parameter"):
-        build_optimizer(Tiny(), OptimizerConfig(name="muon", to_matrix=["ln_f"]), "cpu")
+        build_optimizer(Tiny(), "muon", dict(to_matrix=["ln_f"]))

@@ -13,16 +13,16 @@ import torch.multiprocessing as mp
 
 import optimizers.newton_schulz as ns_module
 from model import GPT, model_config
-from optimizers import OptimizerConfig, build_optimizer
+from optimizers import build_optimizer
 
 WS = 2
-CASES = {  # name -> OptimizerConfig kwargs (large lrs so that 6 steps move the model visibly)
-    "muon": dict(name="muon", lr=0.05, adamw_lr=3e-3),
-    "olion": dict(name="olion", lr=3e-3),
-    "lionmuon": dict(name="lionmuon", lr=5e-3, lion_lr=1e-3, period=2.0),
-    "signmuon": dict(name="signmuon", lr=5e-3, lion_lr=1e-3, period=3.0),
-    "lionmuon_bf16": dict(name="lionmuon", lr=5e-3, lion_lr=1e-3, period=1.0, ns_dtype="bfloat16"),
-    "adamw": dict(name="adamw", lr=3e-3),
+CASES = {  # case -> (optimizer, settings) (large lrs so that 6 steps move the model visibly)
+    "muon": ("muon", dict(lr=0.05, adamw_lr=3e-3)),
+    "olion": ("olion", dict(lr=3e-3)),
+    "lionmuon": ("lionmuon", dict(lr=5e-3, lion_lr=1e-3, period=2.0)),
+    "signmuon": ("signmuon", dict(lr=5e-3, lion_lr=1e-3, period=3.0)),
+    "lionmuon_bf16": ("lionmuon", dict(lr=5e-3, lion_lr=1e-3, period=1.0, ns_dtype="bfloat16")),
+    "adamw": ("adamw", dict(lr=3e-3)),
 }
 FACTORS = [0.3, 1.0, 0.9, 0.7, 0.5, 0.3]  # the schedule: group["lr"] = base_lr * factor
 SAVE_AT = 3  # checkpoint after this many steps
@@ -79,10 +79,10 @@ def _worker(rank, world_size, tmp):
     ns_module.newton_schulz = counting
     results = {}
     for current, kwargs in CASES.items():
-        cfg = OptimizerConfig(**kwargs)
+        cfg = kwargs
         model = make_model()
         ddp = torch.nn.parallel.DistributedDataParallel(model)
-        opt = build_optimizer(ddp, cfg, "cpu")
+        opt = build_optimizer(ddp, *cfg)
         losses = train(model, opt, range(SAVE_AT), rank, world_size, ddp)
         if rank == 0:  # every rank holds the full state, so rank 0's checkpoint is complete
             torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, f"{tmp}/{current}_ws2.pt")
@@ -93,7 +93,7 @@ def _worker(rank, world_size, tmp):
         model2 = make_model()
         model2.load_state_dict(ck["model"])
         ddp2 = torch.nn.parallel.DistributedDataParallel(model2)
-        opt2 = build_optimizer(ddp2, cfg, "cpu")
+        opt2 = build_optimizer(ddp2, *cfg)
         opt2.load_state_dict(ck["opt"])
         resumed = train(model2, opt2, range(SAVE_AT, len(FACTORS)), rank, world_size, ddp2)
         results[current] = dict(losses=losses, final=final, resumed_from_ws1=resumed)
@@ -104,7 +104,7 @@ def _worker(rank, world_size, tmp):
 
 def single_process(cfg, steps, checkpoint=None):
     model = make_model()
-    opt = build_optimizer(model, cfg, "cpu")
+    opt = build_optimizer(model, *cfg)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         opt.load_state_dict(checkpoint["opt"])
@@ -118,7 +118,7 @@ def runs(tmp_path_factory):
     single = {}
     torch.set_num_threads(1)
     for name, kwargs in CASES.items():
-        cfg = OptimizerConfig(**kwargs)
+        cfg = kwargs
         model, opt, losses = single_process(cfg, range(SAVE_AT))
         torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp / f"{name}_ws1.pt")
         losses += train(model, opt, range(SAVE_AT, len(FACTORS)), 0, 1)
@@ -151,9 +151,9 @@ def test_two_ranks_equal_one_process(runs, name):
 def test_newton_schulz_work_is_split(runs, name):
     per_rank = [r["ns_counts"].get(name, 0) for r in runs["ranks"]]
     model = make_model()
-    opt = build_optimizer(model, OptimizerConfig(**CASES[name]), "cpu")
+    opt = build_optimizer(model, *CASES[name])
     n_mat = len(opt.param_groups[0]["params"])
-    period = CASES[name].get("period", 1.0)
+    period = CASES[name][1].get("period", 1.0)
     muon_steps = sum(1 for t in range(len(FACTORS)) if t % int(period) == 0)
     # each rank did about half; together exactly every matrix of every Muon step, including the resumed run
     assert sum(per_rank) == n_mat * muon_steps + n_mat * sum(1 for t in range(SAVE_AT, len(FACTORS))
@@ -167,7 +167,7 @@ def test_checkpoint_from_two_ranks_resumes_in_one_process(runs, name):
     model = make_model()
     n_params = len(list(model.parameters()))
     assert len(ck["opt"]["state"]) == n_params  # full optimizer state, whichever rank computed it
-    _, _, losses = single_process(OptimizerConfig(**CASES[name]), range(SAVE_AT, len(FACTORS)), ck)
+    _, _, losses = single_process(CASES[name], range(SAVE_AT, len(FACTORS)), ck)
     two = runs["ranks"][0]["results"][name]["losses"][SAVE_AT:]
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(two), **tolerance(name))
 

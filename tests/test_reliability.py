@@ -268,7 +268,9 @@ KILL_SEQUENCES = {
 def launch_expecting_resume(data_dir, run_dir, faults=None):
     """Launch train.py; if the run dir holds a good checkpoint, assert the launch resumed from exactly that one
     (otherwise a resume that silently started over would still reproduce the reference)."""
-    good = ckpt.find_latest_good(run_dir)[0] if os.path.isdir(run_dir) else None
+    marked = [p for _, p in ckpt.list_checkpoints(run_dir) if ckpt.checkpoint_problem(p) is None] \
+        if os.path.isdir(run_dir) else []
+    good = marked[0] if marked else None
     proc = train(data_dir, run_dir, faults=faults)
     if good:
         step = int(re.search(r"ckpt_(\d+)\.pt$", good).group(1))

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from errors import ConfigError
-from model import GPT, model_config
-from optimizers import OptimizerConfig, build_optimizer
-from optimizers.routing import clean_name, route
+from model import GPT, model_config, unwrapped_name
+from optimizers import build_optimizer
+from optimizers.routing import route
 
 BLOCK_MATRICES = {
     "gpt2": ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
@@ -28,7 +28,8 @@ def groups_by_name(opt, model):
     names = {id(p): n for n, p in model.named_parameters()}
     out = {}
     for group in opt.param_groups:
-        out.setdefault(group["kind"], []).extend(names[id(p)] for p in group["params"])
+        kind = "adamw" if group["backup_adamw"] else "main"
+        out.setdefault(kind, []).extend(names[id(p)] for p in group["params"])
     return out
 
 
@@ -41,7 +42,7 @@ CASES = {"muon": False, "olion": False, "lionmuon": True, "signmuon": True, "leo
 @pytest.mark.parametrize("method", list(CASES))
 def test_every_parameter_in_exactly_one_group(arch, method):
     model = meta_model(arch)
-    opt = build_optimizer(model, OptimizerConfig(name=method), "cpu")
+    opt = build_optimizer(model, method, dict())
     got = groups_by_name(opt, model)
     all_names = [n for n, _ in model.named_parameters()]
     routed = got["main"] + got["adamw"]
@@ -57,7 +58,7 @@ def test_every_parameter_in_exactly_one_group(arch, method):
 @pytest.mark.parametrize("method", ["adamw", "lion", "signum"])
 def test_plain_methods_decay_only_matrices(method):
     model = meta_model("gpt2", bias=True)
-    opt = build_optimizer(model, OptimizerConfig(name=method, weight_decay=0.1), "cpu")
+    opt = build_optimizer(model, method, dict(weight_decay=0.1))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
@@ -66,7 +67,7 @@ def test_plain_methods_decay_only_matrices(method):
 
 def test_biases_go_to_backup():
     model = meta_model("gpt2", bias=True)
-    got = groups_by_name(build_optimizer(model, OptimizerConfig(name="lionmuon"), "cpu"), model)
+    got = groups_by_name(build_optimizer(model, "lionmuon", dict()), model)
     biases = [n for n, _ in model.named_parameters() if n.endswith(".bias")]
     assert biases and set(biases) <= set(got["adamw"])
 
@@ -74,7 +75,7 @@ def test_biases_go_to_backup():
 def test_wrapped_names_and_overrides():
     model = meta_model("gpt2")
     named = [(f"module._orig_mod.{n}", p) for n, p in model.named_parameters()]
-    assert clean_name("_orig_mod.module.transformer.wte.weight") == "transformer.wte.weight"
+    assert unwrapped_name("_orig_mod.module.transformer.wte.weight") == "transformer.wte.weight"
     matrix, backup = route(named, "hidden")
     assert {n for n, _ in matrix} == expected_matrices("gpt2", 12, with_wpe=False)
     # overrides: send every attn.c_proj to AdamW and wpe to the matrix optimizer

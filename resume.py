@@ -1,0 +1,209 @@
+"""Resume and save for train.py: which checkpoint a run continues from, whether it fits, what the run directory may
+hold, and the cross-rank agreement that makes every rank take the same decision. checkpoint.py is the file protocol
+(atomic, checksummed writes; safe loading); this module is the policy around it.
+
+Order of a start (train.py calls these in this order; nothing is written before step 3):
+  1. `choose_checkpoint` (rank 0 decides, the others learn the path): refuse a run directory that holds another
+     run, find the newest good checkpoint, note the bad newer ones;
+  2. `apply_checkpoint` on every rank: check that it fits the model and optimizer, load it, restore the counters
+     and RNG into a TrainingState;
+  3. `prepare_run_dir` on rank 0: set the bad checkpoints aside, clean up a crashed write, write config.toml.
+`save_checkpoint` writes a checkpoint of a TrainingState, never one of non-finite weights.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+import checkpoint as ckpt
+from atomic import atomic_write
+from config import differences, load_config, to_dict, to_toml
+from errors import ERRORS, CheckpointError, ConfigError, NanoptimError, NonFiniteError
+from flops import FlopsCounter
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint carries besides the model and optimizer: the loop's counters."""
+
+    counters: FlopsCounter
+    start_step: int = 0  # the step this invocation starts at (the checkpoint's step)
+    best_val: float = float("inf")
+    elapsed_s: float = 0.0  # training compute time (evaluation and checkpointing excluded), summed over resumes
+    skipped: int = 0  # steps skipped for non-finite values (train.nonfinite = "skip")
+    last_good: str | None = None  # the newest good checkpoint, named in the non-finite errors
+    resumed: bool = False
+
+    def last_good_text(self) -> str:
+        return f"the last good checkpoint {self.last_good} is intact" if self.last_good else \
+            "no checkpoint had been written yet"
+
+
+# -------------------------------------------------------------------------------------------------------------
+# every rank agrees
+
+
+def agree(ddp: bool, fn):
+    """fn() on every rank. If it raises a NanoptimError on any rank, every rank raises it: no rank is left waiting in
+    a collective for a peer that has already exited, and every rank reports the same one-line error."""
+    error, result = None, None
+    try:
+        result = fn()
+    except NanoptimError as e:
+        error = e
+    if ddp:
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, None if error is None else (type(error).__name__, str(error)))
+        first = next((e for e in errors if e is not None), None)
+        if first is not None and error is None:
+            error = ERRORS.get(first[0], NanoptimError)(first[1])
+    if error is not None:
+        raise error
+    return result
+
+
+def from_master(ddp: bool, master: bool, fn):
+    """fn() on rank 0 only; its (small, picklable) result, or its NanoptimError, reaches every rank."""
+    box = [None]
+    if master:
+        try:
+            box = [("ok", fn())]
+        except NanoptimError as e:
+            box = [("error", type(e).__name__, str(e))]
+    if ddp:
+        dist.broadcast_object_list(box, src=0)
+    if box[0][0] == "error":
+        raise ERRORS.get(box[0][1], NanoptimError)(box[0][2])
+    return box[0][1]
+
+
+# -------------------------------------------------------------------------------------------------------------
+# checks
+
+
+def check_run_dir(run_dir: str, cfg, log) -> None:
+    """Refuse to mix two different runs in one directory (unless checkpoint.allow_config_change)."""
+    saved = os.path.join(run_dir, "config.toml")
+    if not os.path.exists(saved):
+        return
+    try:
+        old = load_config(saved)
+    except ConfigError as e:
+        raise ConfigError(f"{run_dir} holds a config.toml that no longer loads ({e}); "
+                          f"use another logging.run_dir") from None
+    changed = differences(old, cfg)
+    if not changed:
+        return
+    if cfg.checkpoint.allow_config_change:
+        log(f"note: resuming {run_dir} with a changed config: {'; '.join(changed)}")
+        return
+    more = " ..." if len(changed) > 3 else ""
+    raise ConfigError(f"{run_dir} holds a different run ({'; '.join(changed[:3])}{more}); "
+                      f"use another --logging.run_dir, or pass --checkpoint.allow_config_change=true to continue it")
+
+
+def check_checkpoint_fits(state: dict, path: str, mcfg, cfg) -> None:
+    """Refuse a checkpoint written for another model shape or another optimizer, naming the difference."""
+    saved = state.get("model_config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} has no model_config entry, so it was not written by train.py; "
+                              f"use another --logging.run_dir")
+    ours = vars(mcfg)
+    changed = [f"{k} {saved.get(k)!r} -> {ours[k]!r}" for k in ours if k != "dropout" and saved.get(k) != ours[k]]
+    if changed:
+        raise CheckpointError(f"{path} was written for a different model ({', '.join(changed)}); resume with the "
+                              f"same model settings, or use another --logging.run_dir")
+    saved_opt = (state.get("config") or {}).get("optimizer") or {}
+    saved_method = saved_opt.get("method") or saved_opt.get("name")  # older checkpoints: name was the method
+    if saved_method != cfg.optimizer.method:
+        raise CheckpointError(f"{path} holds {saved_method!r} optimizer state, but this run's optimizer is "
+                              f"{cfg.optimizer.method!r}; resume with --optimizer.name={saved_opt.get('name')}, or "
+                              f"use another --logging.run_dir")
+
+
+# -------------------------------------------------------------------------------------------------------------
+# the three steps of a start
+
+
+def choose_checkpoint(cfg, log) -> tuple[dict | None, list[tuple[str, str]]]:
+    """Rank 0: (the state of the newest good checkpoint of the run dir or None, [(path, problem)] of newer bad ones).
+    Writes nothing."""
+    run_dir = cfg.logging.run_dir
+    if not os.path.isdir(run_dir):
+        return None, []
+    check_run_dir(run_dir, cfg, log)
+    if ckpt.list_checkpoints(run_dir) and cfg.checkpoint.resume == "never":
+        raise ConfigError(f"{run_dir} already holds checkpoints and checkpoint.resume = 'never'; "
+                          f"use another --logging.run_dir or --checkpoint.resume=auto")
+    state, bad = ckpt.load_latest(run_dir, map_location="cpu")
+    if state is not None and state["unverified"]:
+        log(f"warning: {state['path']} has no .sha256 completion marker (written by an older nanoptim, or "
+            f"copied without it); it reads as a complete checkpoint, so the run resumes from it")
+    return state, bad
+
+
+def apply_checkpoint(state: dict | None, path: str | None, model, optimizer, mcfg, cfg, counters: FlopsCounter,
+                     rank: int, device_type: str) -> TrainingState:
+    """Load the checkpoint at `path` (rank 0 passes the state it already read) into model and optimizer, and return
+    the loop's counters; a fresh TrainingState when path is None."""
+    run = TrainingState(counters=counters)
+    if path is None:
+        return run
+    if state is None:  # not rank 0
+        if not os.path.isfile(path):
+            raise CheckpointError(f"rank {rank} cannot see {path}, which rank 0 resumes from; put "
+                                  f"logging.run_dir on a filesystem that every node shares")
+        state = ckpt.load_checkpoint(path, map_location="cpu", verify=False)  # rank 0 verified it
+    check_checkpoint_fits(state, path, mcfg, cfg)
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} does not fit this model/optimizer "
+                              f"({str(e).splitlines()[0][:160]}); use another --logging.run_dir") from None
+    # load_state_dict also restores the saved hyperparameters; the config's own win (they are equal unless
+    # checkpoint.allow_config_change let them change). Counters the optimizer keeps in its groups stay.
+    for group, new in zip(optimizer.param_groups, fresh):
+        group.update({k: v for k, v in new.items() if k not in ("step", "lr")})
+    counters.load_state_dict(state["counters"])
+    run.start_step, run.best_val = state["step"], state["best_val_loss"]
+    run.elapsed_s, run.skipped = state["elapsed_s"], state["skipped_steps"]
+    run.last_good, run.resumed = path, True
+    torch.set_rng_state(state["rng"]["torch"])
+    if device_type == "cuda" and state["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(state["rng"]["cuda"][rank % len(state["rng"]["cuda"])])
+    return run
+
+
+def prepare_run_dir(cfg, bad_checkpoints, log) -> None:
+    """Rank 0, once every check has passed: the first writes into the run directory."""
+    run_dir = cfg.logging.run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    for path, problem in bad_checkpoints:
+        ckpt.set_aside(path, problem, log)
+    ckpt.clean_incomplete(run_dir)  # leftovers of a write that a crash interrupted
+    atomic_write(os.path.join(run_dir, "config.toml"), lambda f: f.write(to_toml(cfg).encode()))
+
+
+def save_checkpoint(run: TrainingState, step: int, model, optimizer, cfg, mcfg, master: bool, device_type: str,
+                    log) -> None:
+    """Checkpoint after `step` steps (rank 0 writes; every rank checks the weights, so every rank stops together
+    if they are non-finite: such a checkpoint must never become "the last good checkpoint")."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
+        raise NonFiniteError(f"the weights became non-finite by step {step}, so no checkpoint was written "
+                             f"({run.last_good_text()}); lower optimizer.lr and resume from it with "
+                             f"--checkpoint.allow_config_change=true")
+    run.last_good = ckpt.checkpoint_path(cfg.logging.run_dir, step)
+    if not master:
+        return
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else None}
+    path = ckpt.save_checkpoint(cfg.logging.run_dir, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+        "best_val_loss": run.best_val, "counters": run.counters.state_dict(), "elapsed_s": run.elapsed_s,
+        "skipped_steps": run.skipped, "rng": rng, "config": to_dict(cfg), "model_config": vars(mcfg).copy(),
+    }, cfg.checkpoint.keep_last)
+    log(f"saved {path}")
