@@ -301,7 +301,7 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = (), full
     opt = cfg.optimizer
     if not opt.method:
         if opt.name not in registered_optimizers():
-            raise ConfigError(f"optimizer.name = {opt.name!r} is neither a recipe of {path} "
+            raise ConfigError(f"optimizer.name = {opt.name!r} is unknown: neither a recipe of {path} "
                               f"({', '.join(recipes) or 'it has none'}) nor an optimizer "
                               f"({', '.join(registered_optimizers())}); add a table [optimizer.{opt.name}] with a "
                               f"method, or use one of those names")

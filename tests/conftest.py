@@ -8,6 +8,10 @@ import sys
 import numpy as np
 import pytest
 
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test that takes more than a few seconds (deselect with -m 'not slow')")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -73,14 +77,31 @@ def train_args(data_dir, run_dir, *extra):
             "--train.log_interval=1", "--train.eval_interval=4", *extra]
 
 
-def run_subprocess(args, env_extra=None, check=True, timeout=600):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+def run_subprocess(args, env_extra=None, check=True, timeout=600, env=None):
+    """The one launcher of the tests' subprocesses (train.py, run.sh, torchrun, sample.py ...), in the repo root.
+
+    args[0] ending in .py runs with this Python; run.sh gets PYTHON=this Python (a bare `python3` on PATH may lack
+    torch). In its own session, so that on a timeout the whole tree (torchrun and its workers too) is killed.
+    env: the whole environment (default: os.environ with unbuffered output and one thread), then env_extra.
+    """
+    import signal
+
+    if args[0].endswith(".py"):
+        args = [sys.executable, *args]
+    env = dict(env if env is not None else dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"))
+    env.setdefault("PYTHON", sys.executable)
     env.update(env_extra or {})
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout}s: {' '.join(args)}\n{out[-2000:]}\n{err[-3000:]}") from None
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{out[-3000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def train_losses(run_dir):

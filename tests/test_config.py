@@ -193,7 +193,7 @@ def test_bad_recipes(tmp_path, extra, words):
         load_config(write(tmp_path, RECIPES + extra))
     for w in words:
         assert w in str(e.value), (w, str(e.value))
-    with pytest.raises(ConfigError, match="neither a recipe of .* nor an optimizer"):
+    with pytest.raises(ConfigError, match="unknown: neither a recipe of .* nor an optimizer"):
         load_config(write(tmp_path, RECIPES), ["--optimizer.name=p9"])
 
 

@@ -5,23 +5,7 @@ import pytest
 import torch
 
 from optimizers.newton_schulz import POLAR_EXPRESS, newton_schulz, ns_matmul_flops, orthogonalize
-
-KJ = (3.4445, -4.7750, 2.0315)
-
-
-def ns_ref(G, steps=5, coeffs=None, scale=1.0):
-    """Float64 NumPy Newton–Schulz written from the formula (not from the implementation)."""
-    X = np.array(G, dtype=np.float64)
-    tall = X.shape[0] > X.shape[1]
-    if tall:
-        X = X.T
-    X = X / (np.linalg.norm(X) * scale + 1e-7)
-    for i in range(steps):
-        a, b, c = coeffs[min(i, len(coeffs) - 1)] if coeffs else KJ
-        A = X @ X.T
-        X = a * X + (b * A + c * A @ A) @ X
-    return X.T if tall else X
-
+from reference import ns_ref
 
 def well_conditioned(m, n, seed, smin=1.0, smax=10.0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)

@@ -25,27 +25,14 @@ from optimizers import (
 )
 from optimizers.build import constructor_arguments
 from optimizers.newton_schulz import ns_matmul_flops
+from reference import ns_ref
 
-KJ = (3.4445, -4.7750, 2.0315)
 SHAPES = [(12, 5), (5, 12), (7, 7), (9,)]  # tall, wide, square, 1-D
 FACTORS = [1.0, 0.5, 0.25, 0.8, 1.3]  # an LR schedule: group["lr"] = base_lr * factor each step
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# float64 references (NumPy, from the formulas in the spec)
-
-
-def ns_ref(G, steps=5):
-    X = np.array(G, dtype=np.float64)
-    tall = X.shape[0] > X.shape[1]
-    if tall:
-        X = X.T
-    X = X / (np.linalg.norm(X) + 1e-7)
-    a, b, c = KJ
-    for _ in range(steps):
-        A = X @ X.T
-        X = a * X + (b * A + c * A @ A) @ X
-    return X.T if tall else X
+# float64 references (NumPy, from the formulas in the spec; Newton–Schulz: tests/reference.py)
 
 
 def adamw_ref(p, g, s, lr, wd, betas=(0.9, 0.999), eps=1e-8):

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, corpus_text, write_splits
+from conftest import ROOT, corpus_text, run_subprocess, write_splits
 
 import checkpoint as ckpt
 from errors import CheckpointError
@@ -70,21 +70,8 @@ def env(faults=None, **extra):
 
 
 def run(cmd, faults=None, timeout=300, **env_extra):
-    """Run a command in the repo root; cmd[0] == "train.py"/"sample.py" means this Python.
-
-    In its own session, so that on a timeout the whole tree (torchrun and its workers too) is killed, not just
-    the top process."""
-    if cmd[0].endswith(".py"):
-        cmd = [sys.executable, *cmd]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(faults, **env_extra), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"timed out after {timeout}s: {' '.join(cmd)}\n{out[-2000:]}\n{err[-3000:]}") from None
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    """conftest.run_subprocess with this file's environment (fault hooks on PYTHONPATH), never raising on failure."""
+    return run_subprocess(cmd, check=False, timeout=timeout, env=env(faults, **env_extra))
 
 
 class WarmServer:

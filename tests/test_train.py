@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -115,9 +116,80 @@ def test_sample_is_deterministic_and_errors_are_one_line(text_data_dir, tmp_path
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_run_sh_default_completes():
-    """`bash run.sh` with no arguments: prepares the offline corpus, trains tiny on the CPU, samples."""
-    proc = run_subprocess(["bash", "run.sh"], timeout=1500)
+PLUGIN = '''
+"""SGD with heavy-ball momentum: a new optimizer in one file, as a contributor would write it."""
+import torch
+
+from optimizers.base import HybridOptimizer, check_number
+
+
+class SGDMomentum(HybridOptimizer):
+    """SGD with momentum: b ← μ·b + g;  p ← p·(1 − lr·wd) − lr·b.
+
+    Args:
+        lr: learning rate (0.1).
+        momentum: μ (0.9).
+        weight_decay: decoupled weight decay (0.0).
+    """
+
+    flops_per_element = 4
+
+    def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0):
+        check_number("lr", lr, 0, lo_open=True)
+        check_number("momentum", momentum, 0, 1)
+        check_number("weight_decay", weight_decay, 0)
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    def _step(self, groups):
+        for group, params, grads, bufs in self._groups_with_grads(groups, "momentum_buffer"):
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, grads)
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])
+            torch._foreach_add_(params, bufs, alpha=-group["lr"])
+'''
+
+
+def test_a_new_optimizer_is_one_file_and_one_registry_line(text_data_dir, tmp_path, monkeypatch):
+    """An optimizer defined outside the package, registered with one call, trains from a TOML recipe; its settings
+    are checked against its constructor and its FLOPs come from its class attribute. No other file is touched."""
+    import optimizers
+    from errors import ConfigError
+
+    (tmp_path / "sgd_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(optimizers.OPTIMIZERS, "sgd_momentum", "sgd_plugin:SGDMomentum")  # = optimizers.register
+    config = tmp_path / "sgd.toml"
+    config.write_text(open(os.path.join(ROOT, "configs", "tiny_cpu.toml")).read().replace(
+        'name = "adamw"', 'name = "sgd_fast"\n\n[optimizer.sgd_fast]\nmethod = "sgd_momentum"\nlr = 0.05\n'
+                          'momentum = 0.8\nweight_decay = 0.1', 1))
+    run = str(tmp_path / "run")
+    summary = train_main([str(config), *train_args(text_data_dir, run, "--train.max_steps=2")[1:]])
+    assert sorted(train_losses(run)) == [0, 1]
+    saved = open(os.path.join(run, "config.toml")).read()
+    assert 'name = "sgd_fast"' in saved and 'method = "sgd_momentum"' in saved and "momentum = 0.8" in saved
+    from model import GPT, model_config
+    n = GPT(model_config("gpt2", "tiny", n_layer=2, n_head=2, n_embd=64, block_size=64)).param_counts()["total"]
+    assert summary["optimizer_flops"] == 2 * 4 * n  # two steps × flops_per_element × every parameter
+    with pytest.raises(ConfigError, match="unknown key optimizer.nesterov.*sgd_momentum.*valid: lr, momentum"):
+        train_main([str(config), *train_args(text_data_dir, str(tmp_path / "r2"), "--optimizer.sgd_fast.nesterov=1")[1:]])
+
+
+@pytest.mark.slow
+def test_run_sh_default_completes(tmp_path):
+    """`bash run.sh` with no arguments, in a copy of the checkout (so that the user's out/ is never touched and a
+    finished run there cannot make this pass without training): prepares the offline corpus, trains, samples."""
+    import shutil
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    copy = tmp_path / "checkout"
+    for f in files:
+        if os.path.isfile(os.path.join(ROOT, f)):
+            os.makedirs(copy / os.path.dirname(f), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, f), copy / f)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHON=sys.executable)
+    proc = subprocess.run(["bash", "run.sh"], cwd=copy, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "resumed from" not in proc.stdout and "step 119/120" in proc.stdout, proc.stdout[-2000:]
     assert "final val loss" in proc.stdout, proc.stdout[-2000:]
-    sample_txt = os.path.join(ROOT, "out", "tiny_cpu", "sample.txt")
-    assert os.path.getsize(sample_txt) > 100
+    assert os.path.getsize(copy / "out" / "tiny_cpu" / "sample.txt") > 100
