@@ -162,7 +162,7 @@ def _read(path: str, map_location) -> dict:
         raise _Unreadable("it is not a torch.save archive (no zip directory: truncated, or another kind of file)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to unpickle means "not a usable checkpoint"
+    except Exception as e:  # any failure to unpickle means "not a usable checkpoint"
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         if isinstance(e, pickle.UnpicklingError) and lines and lines[0].startswith("Weights only load failed"):
             # torch's message suggests weights_only=False; name the refused object instead.

@@ -152,7 +152,7 @@ class MetricsLogger:
             self._start_fresh(config)
         else:
             self._truncate_for_resume(int(resume_step), config)
-        self._file = open(self.path, "a")  # noqa: SIM115 - open for the whole run, closed in finish()
+        self._file = open(self.path, "a")  # open for the whole run, closed in finish()
         if wandb_mode != "disabled":
             self._init_wandb(wandb_mode, project, run_name or os.path.basename(os.path.abspath(self.run_dir)),
                              group, config, resumed=resume_step is not None)
@@ -228,7 +228,7 @@ class MetricsLogger:
                 if summary:
                     run.summary.update(json.loads(dumps_record(summary)))
                 run.finish()
-            except Exception as e:  # noqa: BLE001 - wandb must never fail a finished run
+            except Exception as e:  # wandb must never fail a finished run
                 self._warn_once("finish", f"wandb finish failed ({type(e).__name__}: {e}); "
                                           f"metrics.jsonl is complete")
 
@@ -266,7 +266,7 @@ class MetricsLogger:
                 run.define_metric("val/*", step_metric="total_flops", summary="min")
                 self._wandb = run
                 return
-            except Exception as e:  # noqa: BLE001 - any wandb failure (timeout, auth, network) is non-fatal
+            except Exception as e:  # any wandb failure (timeout, auth, network) is non-fatal
                 nxt = "retrying offline" if m == "online" else f"logging to {METRICS_FILE} only"
                 warnings.warn(f"wandb init ({m}) failed ({type(e).__name__}: {e}); {nxt}")
 
@@ -296,7 +296,7 @@ class MetricsLogger:
                 data[_WANDB_NAMES.get(k, f"{'val' if rec['kind'] == 'eval' else 'train'}/{k}")] = v
         try:
             self._wandb.log(data)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self._warn_once("log", f"wandb log failed ({type(e).__name__}: {e}); "
                                    f"continuing with {METRICS_FILE} only")
             self._wandb = None

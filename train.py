@@ -188,7 +188,7 @@ def train(cfg, log=print) -> dict:
     ddp, rank, local_rank, world_size, device = setup_distributed(cfg.train.device)
     master = rank == 0
     if not master:
-        log = lambda *a, **k: None  # noqa: E731 - only rank 0 talks
+        log = lambda *a, **k: None
     try:
         return _train(cfg, ddp, rank, world_size, device, master, log)
     finally:

@@ -28,11 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the repo root holds model.py
 
 
-from model import GPT, model_config  # noqa: E402
-from optimizers import OPTIMIZERS, build_optimizer, optimizer_class  # noqa: E402
-from optimizers.build import constructor_arguments  # noqa: E402
-from optimizers.newton_schulz import ns_matmul_flops, orthogonalize  # noqa: E402
-from optimizers.routing import route  # noqa: E402
+from model import GPT, model_config
+from optimizers import OPTIMIZERS, build_optimizer, optimizer_class
+from optimizers.build import constructor_arguments
+from optimizers.newton_schulz import ns_matmul_flops, orthogonalize
+from optimizers.routing import route
 
 
 class ParamSet:

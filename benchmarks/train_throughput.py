@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for model/flops
 
-from errors import ConfigError, main_guard  # noqa: E402  (after the sys.path line on purpose)
-from flops import model_flops_per_token, peak_flops  # noqa: E402
-from model import GPT, MODEL_SIZES, model_config  # noqa: E402
+from errors import ConfigError, main_guard  # (after the sys.path line on purpose)
+from flops import model_flops_per_token, peak_flops
+from model import GPT, MODEL_SIZES, model_config
 
 try:  # the project's optimizers, once the package exports them
     from optimizers import build_optimizer

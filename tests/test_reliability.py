@@ -596,7 +596,7 @@ def bad_input_rows(byte_data, good_run, base):
         a[0] = config
         return [name, ["train.py", *a], run_dir]
 
-    fresh = lambda name: os.path.join(base, "fresh", name)  # noqa: E731 - a run dir that must not be created
+    fresh = lambda name: os.path.join(base, "fresh", name)
     evil_file = os.path.join(base, "evil.pt")
     buf = __import__("io").BytesIO()
     torch.save({"model": {}, "step": 4, "payload": Evil(sentinel)}, buf)

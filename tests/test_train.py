@@ -172,7 +172,8 @@ def test_a_new_optimizer_is_one_file_and_one_registry_line(text_data_dir, tmp_pa
     n = GPT(model_config("gpt2", "tiny", n_layer=2, n_head=2, n_embd=64, block_size=64)).param_counts()["total"]
     assert summary["optimizer_flops"] == 2 * 4 * n  # two steps × flops_per_element × every parameter
     with pytest.raises(ConfigError, match="unknown key optimizer.nesterov.*sgd_momentum.*valid: lr, momentum"):
-        train_main([str(config), *train_args(text_data_dir, str(tmp_path / "r2"), "--optimizer.sgd_fast.nesterov=1")[1:]])
+        train_main([str(config), *train_args(text_data_dir, str(tmp_path / "r2"),
+                                             "--optimizer.sgd_fast.nesterov=1")[1:]])
 
 
 @pytest.mark.slow
