@@ -41,7 +41,7 @@ def run_child(job) -> None:
         else:
             print(e.code, file=sys.stderr)
             code = 1
-    except BaseException:  # noqa: BLE001 - what the interpreter does with an uncaught exception
+    except BaseException:
         traceback.print_exc()
         code = 1
     sys.stdout.flush()
