@@ -28,7 +28,9 @@ validates its own arguments (ValueError naming the argument) and passes its hype
 
 FLOPs. `last_step_flops()` is computed from the parameter shapes and the kind of step, not inside the math:
 elementwise = flops_per_element × elements stepped (15 per element for backup AdamW groups), plus, for the groups
-that took a Newton–Schulz step, NS matmul FLOPs (exact) and NS elementwise FLOPs (estimated) per matrix.
+that took a Newton–Schulz step, NS matmul FLOPs (exact) and NS elementwise FLOPs (estimated) per matrix. It is
+computed by `_count_flops()` BEFORE the step (so it may read step counters); an optimizer with other matmul work
+(e.g. SOAP's projections and eigenbasis refreshes) overrides it and adds its own, from shapes, to super()'s count.
 """
 
 import math
