@@ -5,6 +5,8 @@ hyperparameters, defaults, routing and FLOPs figure; see its docstring and docs/
     signum    Signum (sign of EMA momentum)       muon      Muon (KellerJordan reference)
     olion     OLion (momentum → NS → sign)        lionmuon  LionMuon (Muon every P-th step, Lion otherwise)
     signmuon  SignMuon (LionMuon, β1 = β2)        leo       Leo (row+column-normalised Lion direction)
+    normuon   NorMuon (Muon + per-row 2nd moment)  ademamix  AdEMAMix (Adam + a slow EMA, mixed by α)
+    soap      SOAP (Adam in Shampoo's eigenbasis)
 
 Shared pieces, each existing once: base.py (the param-group contract, the backup AdamW, FLOPs from shapes),
 newton_schulz.py (the one NS, its FLOPs and argument checks, batched by shape, split across ranks under DDP),
@@ -29,6 +31,9 @@ OPTIMIZERS: dict[str, object] = {
     "lionmuon": "optimizers.lionmuon:LionMuon",
     "signmuon": "optimizers.signmuon:SignMuon",
     "leo": "optimizers.leo:Leo",
+    "normuon": "optimizers.normuon:NorMuon",
+    "ademamix": "optimizers.ademamix:AdEMAMix",
+    "soap": "optimizers.soap:SOAP",
 }
 
 

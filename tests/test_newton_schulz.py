@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from reference import ns_ref
 
 from optimizers.newton_schulz import POLAR_EXPRESS, newton_schulz, ns_matmul_flops, orthogonalize
-from reference import ns_ref
+
 
 def well_conditioned(m, n, seed, smin=1.0, smax=10.0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference import ns_ref
 
 from errors import ConfigError
 from optimizers import (
@@ -25,7 +26,6 @@ from optimizers import (
 )
 from optimizers.build import constructor_arguments
 from optimizers.newton_schulz import ns_matmul_flops
-from reference import ns_ref
 
 SHAPES = [(12, 5), (5, 12), (7, 7), (9,)]  # tall, wide, square, 1-D
 FACTORS = [1.0, 0.5, 0.25, 0.8, 1.3]  # an LR schedule: group["lr"] = base_lr * factor each step
@@ -184,7 +184,7 @@ def test_signum_reference():
 @pytest.mark.parametrize("nesterov,scaling", [(True, "original"), (False, "match_rms_adamw")])
 def test_muon_reference(nesterov, scaling):
     params = make_params()
-    fn = lambda p, g, s, f, t: muon_ref(p, g, s, 0.02 * f, 0.1, 0.9, nesterov, scaling)  # noqa: E731
+    fn = lambda p, g, s, f, t: muon_ref(p, g, s, 0.02 * f, 0.1, 0.9, nesterov, scaling)
     ref = run_ref([fn] * 3 + [backup_ref], params)
     opt = Muon(hybrid(params), lr=0.02, momentum=0.9, nesterov=nesterov, weight_decay=0.1, scaling=scaling)
     assert_history(run(opt, params), ref)
@@ -192,7 +192,7 @@ def test_muon_reference(nesterov, scaling):
 
 def test_olion_reference():
     params = make_params()
-    fn = lambda p, g, s, f, t: olion_ref(p, g, s, 0.01 * f, 0.1, (0.95, 0.98))  # noqa: E731
+    fn = lambda p, g, s, f, t: olion_ref(p, g, s, 0.01 * f, 0.1, (0.95, 0.98))
     ref = run_ref([fn] * 3 + [backup_ref], params)
     assert_history(run(OLion(hybrid(params), lr=0.01, betas=(0.95, 0.98), weight_decay=0.1), params), ref)
 
@@ -200,7 +200,7 @@ def test_olion_reference():
 @pytest.mark.parametrize("period", [1, 2, 3, math.inf])
 def test_lionmuon_reference(period):
     params = make_params()
-    fn = lambda p, g, s, f, t: lionmuon_ref(p, g, s, 0.01 * f, 0.1, (0.9, 0.99), period, 0.05, t)  # noqa: E731
+    fn = lambda p, g, s, f, t: lionmuon_ref(p, g, s, 0.01 * f, 0.1, (0.9, 0.99), period, 0.05, t)
     ref = run_ref([fn] * 3 + [backup_ref], params)
     opt = LionMuon(hybrid(params), lr=0.01, lion_lr=5e-4, betas=(0.9, 0.99), period=period, weight_decay=0.1)
     assert_history(run(opt, params), ref)
@@ -208,7 +208,7 @@ def test_lionmuon_reference(period):
 
 def test_signmuon_reference():
     params = make_params()
-    fn = lambda p, g, s, f, t: lionmuon_ref(p, g, s, 0.01 * f, 0.1, (0.85, 0.85), 2, 0.1, t)  # noqa: E731
+    fn = lambda p, g, s, f, t: lionmuon_ref(p, g, s, 0.01 * f, 0.1, (0.85, 0.85), 2, 0.1, t)
     ref = run_ref([fn] * 3 + [backup_ref], params)
     opt = SignMuon(hybrid(params), lr=0.01, lion_lr=1e-3, momentum=0.85, period=2, weight_decay=0.1)
     assert_history(run(opt, params), ref)
