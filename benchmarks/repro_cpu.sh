@@ -5,8 +5,8 @@
 #
 #   bash benchmarks/repro_cpu.sh              # check + sweep + final + report (~1.5-2.5 h on 2 shared cores)
 #   bash benchmarks/repro_cpu.sh check        # every recipe of configs/repro_cpu.toml loads and validates
-#   bash benchmarks/repro_cpu.sh sweep [1-4]  # LR sweeps (all phases or one), 50 steps, seed 0: OUT/sweep_<method>*/
-#   bash benchmarks/repro_cpu.sh final        # the 10 recipes x seeds 1, 2, 100 steps: OUT/final/
+#   bash benchmarks/repro_cpu.sh sweep [1-5]  # LR sweeps (all phases or one), 50 steps, seed 0: OUT/sweep_<method>*/
+#   bash benchmarks/repro_cpu.sh final        # the 13 recipes x seeds 1, 2, 3, 100 steps: OUT/final/
 #   bash benchmarks/repro_cpu.sh report       # docs/results/: tables, PNGs, the runs' metrics (no training)
 #   bash benchmarks/repro_cpu.sh pick         # each sweep's best LR next to the LR in its config (warns on mismatch)
 #
@@ -14,15 +14,15 @@
 #
 # The sweep has phases because later ones build on earlier results: every hybrid's backup AdamW (embeddings, norms)
 # uses the tuned AdamW lr (phase 1); LionMuon P=2/P=5 and SignMuon P=2 sweep eta_M (phase 3) at the tuned Lion eta_L
-# (phase 2, read from the lion recipe), then eta_L at their tuned eta_M (phase 4). The tuned values live in the
-# recipes of configs/repro_cpu.toml, which is what the later phases read: after a fresh sweep, run `pick` and update the configs before the
-# next phase and before `final`. Every run is `train.py configs/repro_cpu.toml --optimizer.name=<recipe>`.
+# (phase 2, read from the lion recipe), then eta_L at their tuned eta_M (phase 4); NorMuon, AdEMAMix and SOAP (phase
+# 5) came later and need only phase 1. The tuned values live in the recipes of configs/repro_cpu.toml, which is what
+# the later phases read: after a fresh sweep, run `pick` and update the recipes before the next phase and `final`. Every run is `train.py configs/repro_cpu.toml --optimizer.name=<recipe>`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 JOBS=${JOBS:-2}
 OUT=${OUT:-runs/repro}
-SEEDS=(1 2)
+SEEDS=(1 2 3)
 CONFIG=configs/repro_cpu.toml
 SWEEP_EXTRA=(--train.max_steps=50 --train.seed=0)  # sweeps: half the steps of the final runs, a seed of their own
 
@@ -45,6 +45,14 @@ declare -A GRID=(
   [lionmuon_p2]="optimizer.lr=3e-3,1e-2,3e-2"
   [lionmuon_p5]="optimizer.lr=3e-3,1e-2,3e-2,1e-1"    # 1e-1 added: 3e-2 was the best of the first 3
   [signmuon_p2]="optimizer.lr=3e-3,1e-2,3e-2"
+  [normuon]="optimizer.lr=3e-3,1e-2,3e-2,1e-1"        # its spectral-norm scale moves 2-3x less than 0.2*sqrt(max)
+  [ademamix]="optimizer.lr=1e-3,3e-3,1e-2"
+  [soap]="optimizer.lr=1e-3,3e-3,1e-2"
+)
+# Extra overrides of one method's sweep: AdEMAMix's warm-ups span the whole run (epfml's 124M script sets them to
+# the iteration count), so a 50-step sweep cell warms up over 50 steps.
+declare -A SWEEP_EXTRA_M=(
+  [ademamix]="--optimizer.alpha_warmup=50 --optimizer.beta3_warmup=50"
 )
 # Phase 4, the second LR of the methods that take both Muon and Lion steps: eta_L at the tuned eta_M (one step of
 # coordinate descent). The paper fixes eta_L at Lion's tuned value; here that is 20x below the Muon steps' update RMS
@@ -58,7 +66,8 @@ PHASE1=(adamw)
 PHASE2=(lion signum muon lionmuon_p1 olion leo)
 PHASE3=(lionmuon_p2 lionmuon_p5 signmuon_p2)
 PHASE4=(lionmuon_p2 lionmuon_p5 signmuon_p2)
-METHODS=("${PHASE1[@]}" "${PHASE2[@]}" "${PHASE3[@]}")
+PHASE5=(normuon ademamix soap)  # the stronger baselines, added later; they build on phase 1 only
+METHODS=("${PHASE1[@]}" "${PHASE2[@]}" "${PHASE3[@]}" "${PHASE5[@]}")
 
 # Every sweep as "method directory key" (for pick and report): OUT/sweep_<m> for GRID, OUT/sweep_<m>_eta_l for phase 4.
 sweep_specs() {
@@ -102,22 +111,23 @@ sweep_phase() {  # sweep_phase GRID|GRID_ETA_L METHOD...
 from config import load_config
 print(load_config(sys.argv[1], ["--optimizer.name=lion"]).optimizer.settings["lion_lr"])' "$CONFIG")"
     cmds+=("$PY sweep.py $CONFIG --grid ${grid[$m]} --out $OUT/$name --launcher '$PY train.py' \
--- --optimizer.name=$m ${SWEEP_EXTRA[*]} $extra > $OUT/logs/$name.log 2>&1 && rm -f $OUT/$name/*/ckpt_* && echo '$name: done' \
+-- --optimizer.name=$m ${SWEEP_EXTRA[*]} ${SWEEP_EXTRA_M[$m]:-} $extra > $OUT/logs/$name.log 2>&1 && rm -f $OUT/$name/*/ckpt_* && echo '$name: done' \
 || { echo '$name: FAILED (see $OUT/logs/$name.log)'; exit 1; }")
   done
   run_parallel "${cmds[@]}"
 }
 
-sweep() {  # all four phases, or only the one given (1-4)
+sweep() {  # all five phases, or only the one given (1-5)
   mkdir -p "$OUT/logs"
   case "${1:-all}" in
     1) sweep_phase GRID "${PHASE1[@]}" ;;
     2) sweep_phase GRID "${PHASE2[@]}" ;;
     3) sweep_phase GRID "${PHASE3[@]}" ;;
     4) sweep_phase GRID_ETA_L "${PHASE4[@]}" ;;
+    5) sweep_phase GRID "${PHASE5[@]}" ;;
     all) sweep_phase GRID "${PHASE1[@]}" && sweep_phase GRID "${PHASE2[@]}" && sweep_phase GRID "${PHASE3[@]}" \
-           && sweep_phase GRID_ETA_L "${PHASE4[@]}" ;;
-    *) echo "error: unknown sweep phase '$1'. Use 1, 2, 3 or 4, or no phase for all four" >&2; exit 2 ;;
+           && sweep_phase GRID_ETA_L "${PHASE4[@]}" && sweep_phase GRID "${PHASE5[@]}" ;;
+    *) echo "error: unknown sweep phase '$1'. Use 1, 2, 3, 4 or 5, or no phase for all five" >&2; exit 2 ;;
   esac
   pick
 }
@@ -176,10 +186,10 @@ out, specs = sys.argv[1], [a.split(":") for a in sys.argv[2:]]  # (method, sweep
 methods = list(dict.fromkeys(m for m, _, _ in specs))
 res = "docs/results"
 os.makedirs(res, exist_ok=True)
-SEEDS = (1, 2)
+SEEDS = (1, 2, 3)
 NAMES = {"adamw": "AdamW", "lion": "Lion", "signum": "Signum", "muon": "Muon", "signmuon_p2": "SignMuon P=2",
          "lionmuon_p1": "LionMuon P=1", "lionmuon_p2": "LionMuon P=2", "lionmuon_p5": "LionMuon P=5",
-         "olion": "OLion", "leo": "Leo"}
+         "olion": "OLion", "leo": "Leo", "normuon": "NorMuon", "ademamix": "AdEMAMix", "soap": "SOAP"}
 # The paper's 124M ordering in best val loss, best first (the issue).
 PAPER = ["lionmuon_p2", "signmuon_p2", "muon", "adamw", "lion", "signum"]
 
@@ -194,12 +204,26 @@ def lr_text(m):
     return f"{o['lr']:g}"
 
 # ---- the LR sweeps: one table and one figure -------------------------------------------------------------------
+# A sweep whose run directories are not here (e.g. a fresh clone that reruns only some sweeps) keeps its committed
+# row of lr_sweep.md, which the figure is redrawn from too: a report never replaces results with less.
+import re
+committed = {}
+if os.path.isfile(os.path.join(res, "lr_sweep.md")):
+    for line in open(os.path.join(res, "lr_sweep.md"), encoding="utf-8"):
+        row = re.match(r"\| (.+?) \| `(\w+)`(.*?) \| (.+) \| ([^|]+) \|$", line.strip())
+        if row and row.group(1) in NAMES.values():
+            pts = [(float(v), float(l)) for v, l in re.findall(r"([0-9.e+-]+): \**([0-9.]+)", row.group(4))]
+            committed[(row.group(1), row.group(2))] = (line.strip(), row.group(3), pts, float(row.group(5)))
 sweep_rows, fig_data = [], []
 for m, d, key in specs:
     key = key.split(".")[1]
     cells = [plot.load_run(os.path.join(d, c)) for c in sorted(os.listdir(d))
              if os.path.isfile(os.path.join(d, c, "final.json"))] if os.path.isdir(d) else []
     if not cells:
+        if (NAMES[m], key) in committed:
+            line, fixed, pts, chosen = committed[(NAMES[m], key)]
+            sweep_rows.append(line)
+            fig_data.append((f"{NAMES[m]}{fixed}", key, [v for v, _ in pts], [l for _, l in pts], chosen))
         continue
     cells.sort(key=lambda r: r.config["optimizer"][key])
     chosen = load_config("configs/repro_cpu.toml", [f"--optimizer.name={m}"]).optimizer.settings[key]
@@ -267,6 +291,7 @@ stats = {}
 for m, rs in by_method.items():
     b = np.array([r.best_val_loss for r in rs])
     stats[m] = dict(n=len(b), mean=float(b.mean()), half_range=float(np.ptp(b) / 2) if len(b) > 1 else math.nan,
+                    sd=float(np.std(b, ddof=1)) if len(b) > 1 else math.nan,
                     seeds=[float(x) for x in b], final=float(np.mean([r.final_val_loss for r in rs])),
                     flops=float(np.mean([r.total_flops for r in rs])),
                     opt_frac=float(np.mean([r.optimizer_flops / r.total_flops for r in rs])),
@@ -278,7 +303,8 @@ order = sorted(stats, key=lambda m: stats[m]["mean"])
 plt = plot._pyplot()
 COLORS = {"lionmuon_p1": "#08306b", "muon": "#2171b5", "olion": "#6baed6", "signmuon_p2": "#238b45",
           "lionmuon_p2": "#74c476", "lionmuon_p5": "#a1d99b", "lion": "#d94801", "signum": "#fd8d3c",
-          "leo": "#fdae6b", "adamw": "#000000"}
+          "leo": "#fdae6b", "adamw": "#000000", "normuon": "#6a3d9a", "ademamix": "#e7298a", "soap": "#a6761d"}
+NSEEDS = max(stats[m]["n"] for m in stats)
 fig, ax = plt.subplots(figsize=(9, 5.2))
 for m in order:
     rs = by_method[m]
@@ -289,7 +315,8 @@ for m in order:
     ax.fill_between(x, y.min(0), y.max(0), color=COLORS.get(m), alpha=0.2, linewidth=0)
 ax.set_xlabel("total training FLOPs (model + optimizer)")
 ax.set_ylabel("validation loss")
-ax.set_title("Tiny GPT-2 on Shakespeare, 100 steps x 2048 tokens: mean of 2 seeds (band: the two seeds)", fontsize=10)
+ax.set_title(f"Tiny GPT-2 on Shakespeare, 100 steps x 2048 tokens: mean of {NSEEDS} seeds (band: min-max)",
+             fontsize=10)
 ax.grid(True, alpha=0.3)
 ax.legend(title="best val loss (mean)", fontsize=8, title_fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
 fig.tight_layout()
@@ -309,48 +336,66 @@ ax.plot([pts[m][0] for m in front], [pts[m][1] for m in front], color="grey", li
         zorder=0, label="Pareto frontier (means)")
 ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v / 1e12:.2f}e12"))
 ax.set_xlabel("total training FLOPs (model + optimizer); the spread is the optimizers' own FLOPs")
-ax.set_ylabel("best validation loss (mean of 2 seeds; bars: the two seeds)")
+ax.set_ylabel(f"best validation loss (mean of {NSEEDS} seeds; bars: min-max)")
 ax.set_title("Best val loss vs FLOPs, same 204,800 tokens for every method", fontsize=10)
 ax.grid(True, alpha=0.3)
 ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
 fig.tight_layout()
 fig.savefig(os.path.join(res, "val_loss_vs_flops_pareto.png"), dpi=120)
 plt.close(fig)
-lines = ["| rank | method | LR (tuned) | best val loss, mean ± half-range | seed 1 | seed 2 | final val loss (mean) "
-         "| total FLOPs | optimizer share | train time / run |",
-         "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+lines = ["| rank | method | LR (tuned) | best val loss, mean ± sd | " + " | ".join(f"seed {s}" for s in SEEDS)
+         + " | final val loss (mean) | total FLOPs | optimizer share | train time / run |",
+         "| ---: | --- | --- | ---: | " + " | ".join("---:" for _ in SEEDS) + " | ---: | ---: | ---: | ---: |"]
 for i, m in enumerate(order, 1):
     s = stats[m]
-    seeds = [f"{x:.4f}" for x in s["seeds"]] + ["—"] * (2 - len(s["seeds"]))
-    lines.append(f"| {i} | {NAMES[m]} | {s['lr']} | {s['mean']:.4f} ± {s['half_range']:.4f} | {seeds[0]} | {seeds[1]} "
+    seeds = [f"{x:.4f}" for x in s["seeds"]] + ["—"] * (len(SEEDS) - len(s["seeds"]))
+    lines.append(f"| {i} | {NAMES[m]} | {s['lr']} | {s['mean']:.4f} ± {s['sd']:.4f} | {' | '.join(seeds)} "
                  f"| {s['final']:.4f} | {s['flops']:.3g} | {100 * s['opt_frac']:.2f} % | {s['time']:.0f} s |")
 
-# The paper's ordering, pair by pair: the gap between neighbours vs the seed-to-seed noise. With 2 seeds per method
-# the per-method sd estimate is |a - b| / sqrt(2); the gap's standard error is sqrt(sd1² / 2 + sd2² / 2).
-pairs = ["| paper says | gap (mean, 2nd − 1st) | holds here? | gap / its standard error | max seed half-range |",
+# The paper's ordering, pair by pair: the gap between neighbours vs the seed-to-seed noise. The per-method sd is the
+# sample sd over its seeds; the gap's standard error is sqrt(sd1² / n1 + sd2² / n2) (Welch).
+def compare(a, b):
+    gap = stats[b]["mean"] - stats[a]["mean"]
+    se = math.sqrt(stats[a]["sd"] ** 2 / stats[a]["n"] + stats[b]["sd"] ** 2 / stats[b]["n"])
+    return gap, (gap / se if se > 0 else math.inf)
+
+
+def verdict(gap, z):  # |gap| < 2 standard errors: the seeds cannot tell the pair apart (a crude test)
+    return ("yes" if gap > 0 else "**no**") + (", clearly" if abs(z) >= 2 else ", within noise")
+
+
+pairs = ["| paper says | gap (mean, 2nd − 1st) | holds here? | gap / its standard error | max seed sd |",
          "| --- | ---: | --- | ---: | ---: |"]
 for a, b in zip(PAPER, PAPER[1:]):
     if a not in stats or b not in stats:
         continue
-    gap = stats[b]["mean"] - stats[a]["mean"]
-    sd = [np.std(stats[x]["seeds"], ddof=1) if stats[x]["n"] > 1 else math.nan for x in (a, b)]
-    se = math.sqrt(sd[0] ** 2 / stats[a]["n"] + sd[1] ** 2 / stats[b]["n"])
-    z = gap / se if se > 0 else math.inf
-    # |gap| < 2 standard errors: the two seeds cannot tell the pair apart (a crude test with 2 seeds per method).
-    holds = ("yes" if gap > 0 else "**no**") + (", clearly" if abs(z) >= 2 else ", within noise")
-    pairs.append(f"| {NAMES[a]} < {NAMES[b]} | {gap:+.4f} | {holds} | {z:+.1f} "
-                 f"| {max(stats[a]['half_range'], stats[b]['half_range']):.4f} |")
+    gap, z = compare(a, b)
+    pairs.append(f"| {NAMES[a]} < {NAMES[b]} | {gap:+.4f} | {verdict(gap, z)} | {z:+.1f} "
+                 f"| {max(stats[a]['sd'], stats[b]['sd']):.4f} |")
+# The stronger baselines against AdamW, Muon and the best method: is the difference beyond seed noise?
+BASELINES = [m for m in ("normuon", "ademamix", "soap") if m in stats]
+best = order[0]
+strong = ["| baseline | rank | vs | gap (baseline − other) | beyond noise? | gap / its standard error |",
+          "| --- | ---: | --- | ---: | --- | ---: |"]
+for m in BASELINES:
+    for other in dict.fromkeys(x for x in ("adamw", "muon", best) if x in stats and x != m):
+        gap, z = compare(other, m)
+        strong.append(f"| {NAMES[m]} | {order.index(m) + 1} | {NAMES[other]} | {gap:+.4f} "
+                      f"| {'yes' if abs(z) >= 2 else 'no'} ({'worse' if gap > 0 else 'better'}) | {z:+.1f} |")
 here = [m for m in order if m in PAPER]
-noise = float(np.mean([stats[m]["half_range"] for m in stats]))
+noise = float(np.mean([stats[m]["sd"] for m in stats]))
 with open(os.path.join(res, "summary.md"), "w") as f:
     f.write("# CPU-scale optimizer comparison: final runs\n\n"
             "Tiny GPT-2 (4 layers × 128, 7.24M params), context 128, 100 steps × 2048 tokens = 204,800 tokens of "
-            "Shakespeare, seeds 1 and 2 (init and data order), val = the first 16,384 val tokens. "
-            "Sorted by mean best val loss; ± is half the distance between the two seeds.\n\n"
+            f"Shakespeare, seeds {', '.join(map(str, SEEDS))} (init and data order), val = the first 16,384 val "
+            "tokens. "
+            f"Sorted by mean best val loss; ± is the sample standard deviation over the {NSEEDS} seeds.\n\n"
             + "\n".join(lines) + "\n\n"
-            f"Mean seed half-range over all methods: {noise:.4f}.\n\n"
+            f"Mean seed sd over all methods: {noise:.4f}.\n\n"
             "## The paper's 124M ordering (LionMuon P=2 < SignMuon P=2 < Muon < AdamW < Lion < Signum)\n\n"
-            f"Order here (best first): {' < '.join(NAMES[m] for m in here)}\n\n" + "\n".join(pairs) + "\n")
+            f"Order here (best first): {' < '.join(NAMES[m] for m in here)}\n\n" + "\n".join(pairs) + "\n"
+            + ("\n## The stronger baselines (NorMuon, AdEMAMix, SOAP)\n\n" + "\n".join(strong) + "\n"
+               if BASELINES else ""))
 with open(os.path.join(res, "results.json"), "w") as f:
     json.dump({NAMES[m]: stats[m] for m in order}, f, indent=1)
 print(open(os.path.join(res, "summary.md")).read())

@@ -264,6 +264,7 @@ def test_wandb_resume_reuses_run_id(tmp_path, monkeypatch, no_key):
     assert ids[0] == ids[1] != ids[2] and all(i["resume"] == "allow" for i in fake.inits)
 
 
+@pytest.mark.slow
 def test_real_wandb_offline_without_network(tmp_path, monkeypatch, no_key):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # any network attempt would fail fast

@@ -15,6 +15,8 @@ import optimizers.newton_schulz as ns_module
 from model import GPT, model_config
 from optimizers import build_optimizer
 
+pytestmark = pytest.mark.slow  # subprocess launches: minutes in all (pytest -m "not slow" skips them)
+
 WS = 2
 CASES = {  # case -> (optimizer, settings) (large lrs so that 6 steps move the model visibly)
     "muon": ("muon", dict(lr=0.05, adamw_lr=3e-3)),

@@ -34,6 +34,8 @@ from conftest import ROOT, corpus_text, run_subprocess, write_splits
 import checkpoint as ckpt
 from errors import CheckpointError
 
+pytestmark = pytest.mark.slow  # subprocess launches: minutes in all (pytest -m "not slow" skips them)
+
 FAULT_SITE = os.path.join(ROOT, "tests", "reliability_faults")
 MAX_STEPS = 30
 SMALL = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.block_size=32",

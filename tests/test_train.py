@@ -38,6 +38,7 @@ def test_wsd_and_constant_schedules():
     assert [lr_factor(i, c, 100) for i in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_and_writes_run_dir(text_data_dir, tmp_path):
     run = str(tmp_path / "run")
     summary = train_main(train_args(text_data_dir, run, "--train.max_steps=12", "--optimizer.lr=3e-3"))
@@ -52,6 +53,7 @@ def test_training_reduces_loss_and_writes_run_dir(text_data_dir, tmp_path):
     assert final["total_flops"] == final["model_flops"] + final["optimizer_flops"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adamw", "lionmuon"])
 def test_resume_is_bit_exact(text_data_dir, tmp_path, optimizer):
     """2k steps straight == k steps, stop, resume, k steps: identical losses and parameters (CPU)."""
@@ -72,6 +74,7 @@ def test_resume_is_bit_exact(text_data_dir, tmp_path, optimizer):
         json.load(open(os.path.join(b, "final.json")))["total_flops"]
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_match_one_process(text_data_dir, tmp_path):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     extra = ["--train.max_steps=6", "--train.micro_batch=2"]
@@ -90,6 +93,7 @@ def test_world_size_check_error(text_data_dir, tmp_path):
         train_main(train_args(text_data_dir, str(tmp_path / "r"), "--train.micro_batch=3", "--train.max_steps=2"))
 
 
+@pytest.mark.slow
 def test_run_dir_with_another_config_is_refused(text_data_dir, tmp_path):
     from errors import ConfigError
     run = str(tmp_path / "r")
@@ -100,6 +104,7 @@ def test_run_dir_with_another_config_is_refused(text_data_dir, tmp_path):
     assert sorted(os.listdir(run)) == before
 
 
+@pytest.mark.slow
 def test_sample_is_deterministic_and_errors_are_one_line(text_data_dir, tmp_path):
     import sample
     run = str(tmp_path / "r")
@@ -150,6 +155,7 @@ class SGDMomentum(HybridOptimizer):
 '''
 
 
+@pytest.mark.slow
 def test_a_new_optimizer_is_one_file_and_one_registry_line(text_data_dir, tmp_path, monkeypatch):
     """An optimizer defined outside the package, registered with one call, trains from a TOML recipe; its settings
     are checked against its constructor and its FLOPs come from its class attribute. No other file is touched."""
