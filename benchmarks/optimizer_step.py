@@ -78,7 +78,12 @@ def time_fn(fn, device, repeats, warmup, per_repeat=1):
 
 
 def state_bytes(opt):
-    return sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values() if torch.is_tensor(v))
+    """Bytes of every tensor in the optimizer state, inside lists too (SOAP keeps its preconditioners in lists)."""
+    def size(v):
+        if torch.is_tensor(v):
+            return v.numel() * v.element_size()
+        return sum(size(x) for x in v) if isinstance(v, (list, tuple)) else 0
+    return sum(size(v) for st in opt.state.values() for v in st.values())
 
 
 def matmul_rate(device, dtype, n):
@@ -141,7 +146,9 @@ def main():
             times[name].append(time_fn(opt.step, device, 1, 0, k))
     rows = {}
     for name, opt, _k, desc in runners:
-        rows[name] = dict(time=statistics.median(times[name]), bytes=state_bytes(opt), set=desc)
+        n = n_all if desc == "all" else n_hidden
+        rows[name] = dict(time=statistics.median(times[name]), bytes=state_bytes(opt), set=desc, per_param=None)
+        rows[name]["per_param"] = rows[name]["bytes"] / n
         print(f"{name:24s} {desc:6s} {rows[name]['time'] * 1e3:10.2f} ms   "
               f"state {rows[name]['bytes'] / 2**20:8.1f} MiB", flush=True)
     runners.clear()  # free the optimizer states before timing NS alone
@@ -160,8 +167,8 @@ def main():
               f"{rate / 1e12:.1f} TFLOP/s; floor {floor * 1e3:.2f} ms; {t_ns / floor:.2f}x floor")
 
     # ratios against the torch.optim counterparts
-    print("\n| optimizer | params | step (ms) | state (MiB) | vs torch AdamW | vs torch Muon |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("\n| optimizer | params | step (ms) | state (MiB) | state B/param | vs torch AdamW | vs torch Muon |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     a = rows.get("torch.optim.AdamW", {}).get("time")
     m = rows.get("torch.optim.Muon", {}).get("time")
     for name, r in rows.items():
@@ -169,10 +176,11 @@ def main():
             continue
         ra = f"{r['time'] / a:.2f}x" if a and r["set"] == "all" else ""
         rm = f"{r['time'] / m:.2f}x" if m and r["set"] == "hidden" else ""
-        print(f"| {name} | {r['set']} | {r['time'] * 1e3:.2f} | {r['bytes'] / 2**20:.1f} | {ra} | {rm} |")
+        print(f"| {name} | {r['set']} | {r['time'] * 1e3:.2f} | {r['bytes'] / 2**20:.1f} | {r['per_param']:.2f} "
+              f"| {ra} | {rm} |")
     if "ns" in rows:
         r = rows["ns"]
-        print(f"| NS5 batched | hidden | {r['time'] * 1e3:.2f} | | floor {r['floor'] * 1e3:.2f} ms "
+        print(f"| NS5 batched | hidden | {r['time'] * 1e3:.2f} | | | floor {r['floor'] * 1e3:.2f} ms "
               f"| {r['time'] / r['floor']:.2f}x floor |")
 
 
