@@ -129,11 +129,30 @@ def evaluate(model, val_set, device, autocast, ddp: bool) -> float:
     return (total[0] / total[1]).item()
 
 
+def precision(dtype: str, device_type: str):
+    """(dtype name, autocast context): bf16 autocast on GPU (weights and optimizer stay fp32), plain fp32 on CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    dtype = dtype if dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+    autocast = (torch.autocast(device_type=device_type, dtype=torch.bfloat16) if dtype == "bfloat16"
+                else contextlib.nullcontext())
+    return dtype, autocast
+
+
+def progress_line(rec: dict, max_steps: int) -> str:
+    """The log line of a train record."""
+    return (f"step {rec['step']}/{max_steps} | loss {rec['loss']:.4f} | lr {rec['lr']:.3e}" +
+            (f" (adamw {rec['adamw_lr']:.3e})" if "adamw_lr" in rec else "") + f" | gnorm {rec['grad_norm']:.3f} | "
+            f"{rec['tokens_per_s'] / 1e3:.1f}k tok/s" + (f" | mfu {rec['mfu'] * 100:.1f}%" if "mfu" in rec else "") +
+            f" | {rec['elapsed_s']:.1f}s")
+
+
 def group_lrs(optimizer) -> dict:
     """The current lr of each kind of param group: "lr" (the optimizer's own rule), "adamw_lr" (its backup AdamW)."""
     out = {}
     for group in optimizer.param_groups:
         out.setdefault("adamw_lr" if group.get("backup_adamw") else "lr", group["lr"])
+    out.setdefault("lr", out.get("adamw_lr"))  # routing left the optimizer's own rule no parameter
     return out
 
 
@@ -199,9 +218,9 @@ def train(cfg, log=print) -> dict:
 def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
     t_start = time.time()
     tc, run_dir, device_type = cfg.train, cfg.logging.run_dir, device.type
-    mcfg = model_config(cfg.model.arch, cfg.model.size, n_layer=cfg.model.n_layer, n_head=cfg.model.n_head,
-                        n_embd=cfg.model.n_embd, block_size=cfg.model.block_size, vocab_size=cfg.model.vocab_size,
-                        bias=cfg.model.bias, dropout=cfg.model.dropout)
+    m = cfg.model
+    mcfg = model_config(m.arch, m.size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
+                        vocab_size=m.vocab_size, bias=m.bias, dropout=m.dropout)
     seq_len = mcfg.block_size
     micro_batch, accum = batch_layout(tc, seq_len, world_size)
 
@@ -211,12 +230,7 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
                                                   TokenDataset(cfg.data.dir, "val", seq_len, mcfg.vocab_size)))
     val_set = val_batches(val_ds, cfg.data.val_tokens, micro_batch, rank, world_size)
 
-    # ---- precision: bf16 autocast on GPU (weights and optimizer stay fp32), plain fp32 on CPU
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    dtype = tc.dtype if tc.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
-    autocast = (torch.autocast(device_type=device_type, dtype=torch.bfloat16) if dtype == "bfloat16"
-                else contextlib.nullcontext())
+    dtype, autocast = precision(tc.dtype, device_type)
 
     model, raw_model, optimizer, run = build_and_resume(cfg, mcfg, device, ddp, rank, master, log)
     counters = run.counters
@@ -274,10 +288,7 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
             if utilisation is not None:
                 rec["mfu"] = utilisation
             logger.log_train(rec)
-            log(f"step {step}/{max_steps} | loss {train_loss:.4f} | lr {rec['lr']:.3e}" +
-                (f" (adamw {rec['adamw_lr']:.3e})" if "adamw_lr" in rec else "") + f" | gnorm {grad_norm:.3f} | "
-                f"{tok_s / 1e3:.1f}k tok/s" + (f" | mfu {utilisation * 100:.1f}%" if utilisation is not None else "") +
-                f" | {run.elapsed_s:.1f}s")
+            log(progress_line(rec, max_steps))
             window_s, window_tokens = 0.0, 0
 
         done = step + 1
