@@ -56,7 +56,7 @@ def test_polar_express_range_and_reference():
     s = torch.linalg.svdvals(O)
     # docs/optimizers.md §9.3: image of [1e-3, 1] after 5 steps is [0.8401, 1.1236]
     assert s.min() >= 0.84 and s.max() <= 1.1237, (s.min(), s.max())
-    # the coefficients with the 1.01 safety factor (spec §9.3, first tuple and the last one that repeats)
+    # the coefficients with the 1.01 safety factor (docs/optimizers.md §9.3, first tuple and the last one that repeats)
     assert POLAR_EXPRESS[0] == pytest.approx((8.205160414005574, -22.901934987056048, 16.460724910180314), rel=1e-12)
     assert POLAR_EXPRESS[-1] == (1.875, -1.25, 0.375)
     ref = ns_ref(G.numpy(), steps=10, coeffs=POLAR_EXPRESS, scale=1.01)
