@@ -7,11 +7,15 @@ Order of a start (train.py calls these in this order; nothing is written before 
      run, find the newest good checkpoint, note the bad newer ones;
   2. `apply_checkpoint` on every rank: check that it fits the model and optimizer, load it, restore the counters
      and RNG into a TrainingState;
-  3. `prepare_run_dir` on rank 0: set the bad checkpoints aside, clean up a crashed write, write config.toml.
+  3. `prepare_run_dir` on rank 0: lock the run directory (one writer per run dir: `lock_run_dir`), set the bad
+     checkpoints aside, clean up a crashed write, write config.toml.
 `save_checkpoint` writes a checkpoint of a TrainingState, never one of non-finite weights.
 """
 
+import fcntl
 import os
+import socket
+import time
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +24,7 @@ import torch.distributed as dist
 import checkpoint as ckpt
 from atomic import atomic_write
 from config import differences, load_config, to_dict, to_toml
-from errors import ERRORS, CheckpointError, ConfigError, NanoptimError, NonFiniteError
+from errors import ERRORS, CheckpointError, ConfigError, NanoptimError, NonFiniteError, RunDirError
 from flops import FlopsCounter
 
 
@@ -178,10 +182,66 @@ def apply_checkpoint(state: dict | None, path: str | None, model, optimizer, mcf
     return run
 
 
+# -------------------------------------------------------------------------------------------------------------
+# one writer per run directory
+
+LOCK_FILE = ".lock"
+_LOCKS: dict[str, int] = {}  # realpath of a run dir -> the open lock file, held until unlock_run_dir or exit
+
+
+def _process_identity(pid: int) -> str | None:
+    """pid plus its start time (field 22 of /proc/<pid>/stat): unique on this host even when pids are reused."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f"{pid}:{f.read().rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return None
+
+
+def lock_run_dir(run_dir: str) -> None:
+    """Take RUN_DIR/.lock with an exclusive fcntl.flock, held for the run: a second run into the same directory
+    (on this node, or on any node where the filesystem supports flock) is refused at once, naming the holder. The
+    kernel drops the lock when its process dies, however it dies, so a killed run never leaves a stale lock. The file
+    records host, pid and start time; where flock is a no-op (some network filesystems), a record of a live process
+    on this host is refused too."""
+    key = os.path.realpath(run_dir)
+    if key in _LOCKS:
+        return
+    path = os.path.join(run_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    with os.fdopen(os.dup(fd), "r", encoding="utf-8", errors="replace") as f:
+        holder = f.read().strip()
+    fields = dict(kv.split("=", 1) for kv in holder.split() if "=" in kv)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        same_host_live = (fields.get("host") == socket.gethostname() and fields.get("pid", "").isdigit()
+                          and int(fields["pid"]) != os.getpid()
+                          and _process_identity(int(fields["pid"])) == fields.get("id"))
+        if same_host_live:
+            raise BlockingIOError
+    except BlockingIOError:
+        os.close(fd)
+        raise RunDirError(f"{run_dir} is in use by another run ({holder or 'holder unknown'}); wait for it to end, "
+                          f"or use another --logging.run_dir") from None
+    me = (f"host={socket.gethostname()} pid={os.getpid()} id={_process_identity(os.getpid())} "
+          f"since={time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, me.encode(), 0)
+    _LOCKS[key] = fd
+
+
+def unlock_run_dir(run_dir: str) -> None:
+    """Release the lock of lock_run_dir (the end of a run in this process)."""
+    fd = _LOCKS.pop(os.path.realpath(run_dir), None)
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
 def prepare_run_dir(cfg, bad_checkpoints, log) -> None:
-    """Rank 0, once every check has passed: the first writes into the run directory."""
+    """Rank 0, once every check has passed: the first writes into the run directory, the lock first."""
     run_dir = cfg.logging.run_dir
     os.makedirs(run_dir, exist_ok=True)
+    lock_run_dir(run_dir)
     for path, problem in bad_checkpoints:
         ckpt.set_aside(path, problem, log)
     ckpt.clean_incomplete(run_dir)  # leftovers of a write that a crash interrupted

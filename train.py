@@ -177,8 +177,13 @@ def build_and_resume(cfg, mcfg, device, ddp: bool, rank: int, master: bool, log)
                                                             counters, rank, device.type))
     if run.resumed:
         log(f"resumed from step {run.start_step} in {cfg.logging.run_dir}")
-    if master:
-        resume.prepare_run_dir(cfg, bad_checkpoints, log)
+    def prepare():  # rank 0's first writes; a failure reaches every rank as one error (no rank left waiting)
+        try:
+            resume.prepare_run_dir(cfg, bad_checkpoints, log)
+        except OSError as e:
+            raise (_run_dir_error(e, cfg.logging.run_dir) or e) from None
+
+    resume.from_master(ddp, master, prepare)
     model = torch.compile(raw_model) if cfg.train.compile else raw_model
     if ddp:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -211,6 +216,7 @@ def train(cfg, log=print) -> dict:
     try:
         return _train(cfg, ddp, rank, world_size, device, master, log)
     finally:
+        resume.unlock_run_dir(cfg.logging.run_dir)
         if ddp:
             dist.destroy_process_group()
 

@@ -435,6 +435,51 @@ def test_resume_with_another_world_size(byte_data, tmp_path, optimizer):
 # ----------------------------------------------------------------------------- non-finite loss / gradients
 
 
+# ----------------------------------------------------------------------------- one writer per run dir
+
+
+def test_a_second_run_into_a_used_run_dir_is_refused(byte_data, tmp_path):
+    """Two runs into one run dir: the one that comes second refuses at once, in one line naming the holder, and the
+    first finishes with its whole history; the lock goes with its process even when that process is SIGKILLed."""
+    run_dir = str(tmp_path / "run")
+    first = subprocess.Popen([sys.executable, "train.py", *args(byte_data, run_dir, "--train.max_steps=400")],
+                             cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        for line in first.stdout:  # the lock is taken before config.toml is written, long before step 2
+            if line.startswith("step 2/"):
+                break
+        second = train(byte_data, run_dir, "--train.max_steps=400")
+        one_error_line(second)
+        assert "is in use by another run" in second.stderr and f"pid={first.pid}" in second.stderr, second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # SIGKILL: no cleanup runs, only the kernel can drop the lock
+        first.communicate()
+    before = records(run_dir)[0]
+    assert sorted(before) == list(range(len(before))) and len(before) >= 3  # the first run's history is whole
+    again = ok(train(byte_data, run_dir, "--train.max_steps=400", "--train.stop_after=2"))
+    assert "resumed from step" in again.stdout  # the killed run left no stale lock: the same command resumes
+
+
+def test_a_live_lock_holder_is_named(byte_data, tmp_path):
+    """The refusal names host and pid of a process that holds the lock without training (another tool)."""
+    run_dir = str(tmp_path / "run")
+    os.makedirs(run_dir)
+    holder = subprocess.Popen([sys.executable, "-c", "import resume, sys, time\nresume.lock_run_dir(sys.argv[1])\n"
+                               "print('locked', flush=True)\ntime.sleep(600)", run_dir],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(run_dir)
+        proc = train(byte_data, run_dir)
+        one_error_line(proc)
+        assert f"pid={holder.pid}" in proc.stderr and "host=" in proc.stderr
+        assert snapshot(run_dir) == before  # nothing written
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+
+
 def test_nonfinite_stop_names_the_step_and_keeps_the_checkpoint(byte_data, tmp_path):
     run_dir = str(tmp_path / "run")
     proc = train(byte_data, run_dir, "--train.nonfinite=stop", faults=[dict(hook="step", action="inf_grad", n=6)])
