@@ -251,8 +251,11 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = (), full
     them before it writes anything, so run.sh can read a config's directories in a fraction of a second.
     """
     path = path or DEFAULT_CONFIG
+    if os.path.isdir(path):
+        raise ConfigError(f"config path {path} is a directory; pass a TOML file like configs/tiny_cpu.toml")
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path} does not exist; pass a path like configs/tiny_cpu.toml")
+        raise ConfigError(f"config file {path} does not exist (from {os.getcwd()}); pass a path like "
+                          f"configs/tiny_cpu.toml")
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
@@ -260,6 +263,8 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = (), full
         raise ConfigError(f"{path} is not valid TOML ({e}); fix the syntax at that line") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a UTF-8 text file; pass a TOML config") from None
+    if not raw:  # an empty file would train on built-in defaults that nobody chose
+        raise ConfigError(f"{path} is empty (no [section] at all); pass a config such as configs/tiny_cpu.toml")
     # Collect first, apply in order of precedence: [optimizer] keys < [optimizer.<recipe>] < --optimizer.key.
     file_keys, cli_keys, recipes = [], [], {}
     for section_name, table in raw.items():
@@ -358,6 +363,8 @@ def validate(cfg: RunConfig) -> None:
     def positive(dotted, allow_zero=False):
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
+        if isinstance(value, float) and math.isnan(value):  # nan compares false with everything: check it first
+            raise ConfigError(f"{dotted} = nan is not a number; give a value {'>= 0' if allow_zero else '> 0'}")
         if value < 0 or (value == 0 and not allow_zero):
             raise ConfigError(f"{dotted} = {value} must be {'>= 0' if allow_zero else '> 0'}")
 
@@ -368,6 +375,9 @@ def validate(cfg: RunConfig) -> None:
                    "train.micro_batch",
                    "schedule.warmup_steps", "checkpoint.interval", "train.seed", "train.stop_after"):
         positive(dotted, allow_zero=True)
+    if cfg.train.seed >= 2**32:  # numpy's and the data loader's seeds are 32-bit
+        raise ConfigError(f"train.seed = {cfg.train.seed} is too large; use a seed in [0, 2**32 - 1]")
+    _check_run_dir_path(cfg.logging.run_dir)
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout = {cfg.model.dropout} must be in [0, 1)")
     s = cfg.schedule
@@ -375,6 +385,19 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(s, key)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"schedule.{key} = {value} must be in [0, 1]")
+
+
+def _check_run_dir_path(run_dir: str) -> None:
+    """The run directory must be a directory path: not empty, not a file, not under a file."""
+    if not run_dir.strip():
+        raise ConfigError("logging.run_dir is empty; give a directory, e.g. --logging.run_dir=out/my_run")
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError(f"logging.run_dir = {run_dir!r} is a file, not a directory; choose another path")
+    parent = os.path.dirname(os.path.abspath(run_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"logging.run_dir = {run_dir!r} lies under the file {parent}; choose another path")
 
 
 def to_dict(cfg: RunConfig) -> dict:

@@ -44,6 +44,9 @@ NGPU=$($PY -c 'import torch; print(torch.cuda.device_count())')
 if [ -z "${NPROC:-}" ]; then
   NPROC=$NGPU
   [ "$NPROC" -gt 0 ] || NPROC=1
+elif ! [[ "$NPROC" =~ ^[1-9][0-9]*$ ]]; then
+  echo "error: NPROC=$NPROC is not a number of processes; use an integer >= 1, e.g. NPROC=2" >&2
+  exit 2
 fi
 if [ "$NGPU" -eq 0 ]; then
   # CPU training allocates and frees the large logits every step; glibc would mmap/munmap them each time (page

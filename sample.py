@@ -11,6 +11,7 @@ one `error:` line with exit code 2.
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -56,11 +57,19 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.num_samples < 1 or args.max_new_tokens < 1:
         raise ConfigError("--num_samples and --max_new_tokens must be >= 1")
+    if not math.isfinite(args.temperature):
+        raise ConfigError(f"--temperature {args.temperature} must be a finite number > 0")
     if args.temperature <= 0:
         raise ConfigError(f"--temperature {args.temperature} must be > 0 (use a small value like 0.1 for near-greedy)")
     if args.top_k < 0:
         raise ConfigError(f"--top_k {args.top_k} must be >= 0 (0 disables top-k filtering)")
 
+    if not 0 <= args.seed < 2**63:
+        raise ConfigError(f"--seed {args.seed} must be in [0, 2**63 - 1]")
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise ConfigError(f"--device {args.device!r} is not a device; use cpu or cuda")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but no CUDA GPU is visible; use --device cpu")
     if args.prompt is not None and not args.prompt.strip():
         raise ConfigError("--prompt is empty; pass some text, or omit --prompt to start a new document")
 
@@ -75,9 +84,10 @@ def main(argv=None):
                               f"(the prompt holds id {max(ids)}); sample from a model trained on GPT-2 tokens")
     idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=args.device)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    vocab = min(enc.n_vocab, model.config.vocab_size)
     out = model.generate(idx, args.max_new_tokens, temperature=args.temperature,
-                         top_k=args.top_k or None, generator=gen,
-                         valid_vocab=min(enc.n_vocab, model.config.vocab_size))
+                         top_k=min(args.top_k, vocab) or None, generator=gen,  # top_k beyond the vocab = no filter
+                         valid_vocab=vocab)
     texts = []
     for row in out.tolist():
         text = enc.decode(row)

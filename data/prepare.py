@@ -445,8 +445,11 @@ def prepare(source: str, out: str, inputs=(), *, name: str | None = None, datase
         documents, rule, where = hub_documents(source, val_fraction, name, dataset, revision)
 
     parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".partial-", dir=parent)
+    try:  # the first write: an unwritable --out (read-only filesystem, permissions) is one line, nothing written
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".partial-", dir=parent)
+    except OSError as e:
+        raise DataError(f"cannot write into {parent} ({e.strerror or e}); choose a writable --out") from None
     t0 = time.time()
     try:
         writers = {s: ShardWriter(staging, f"{source}_{s}", shard_tokens) for s in ("train", "val")}
@@ -514,6 +517,8 @@ def main(argv=None) -> None:
     p.add_argument("--revision", default=None, help="hub dataset revision (branch, tag or commit)")
     p.add_argument("--overwrite", action="store_true", help="replace the shards of an existing output directory")
     a = p.parse_args(argv)
+    if a.workers is not None and a.workers < 1:
+        raise ConfigError(f"--workers {a.workers} must be >= 1 (1 = tokenize in this process)")
     prepare(a.source, a.out or os.path.join("data", a.source), a.inputs, name=a.name, dataset=a.dataset,
             revision=a.revision, val_fraction=a.val_fraction, shard_tokens=a.shard_tokens, workers=a.workers,
             max_tokens=a.max_tokens, overwrite=a.overwrite)

@@ -174,6 +174,8 @@ def check_number(name: str, x, lo=None, hi=None, lo_open=False, hi_open=True) ->
     """x must be a real number in the interval given by lo/hi (open or closed ends)."""
     if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x):
         raise ValueError(f"{name} = {x!r} is not a number")
+    if math.isinf(x):
+        raise ValueError(f"{name} = {x} is not finite; give a finite number")
     if (lo is not None and (x <= lo if lo_open else x < lo)) or (hi is not None and (x >= hi if hi_open else x > hi)):
         lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
         hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"

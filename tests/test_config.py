@@ -225,3 +225,31 @@ def test_run_dir_placeholders():
     assert cfg.logging.run_dir == "runs/adamw_s1337"
     with pytest.raises(ConfigError, match="unknown key optimizer.nme"):
         load_config(None, ["--logging.run_dir=runs/{optimizer.nme}"])
+
+
+@pytest.mark.parametrize("override, words", [
+    (["--train.grad_clip=nan"], ["train.grad_clip", "not a number"]),
+    (["--optimizer.lr=inf"], ["optimizer.lr", "not finite"]),
+    (["--optimizer.name=muon", "--optimizer.adamw_lr=inf"], ["optimizer.adamw_lr", "not finite"]),
+    (["--train.seed=4294967296"], ["train.seed", "2**32"]),
+    (["--logging.run_dir="], ["logging.run_dir is empty"]),
+])
+def test_values_that_used_to_pass_silently(override, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, override)
+    assert "\n" not in str(e.value) and all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_run_dir_and_config_paths_must_be_what_they_claim(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        load_config(None, [f"--logging.run_dir={a_file}"])
+    with pytest.raises(ConfigError, match="lies under the file"):
+        load_config(None, [f"--logging.run_dir={a_file}/sub/run"])
+    with pytest.raises(ConfigError, match="is a directory; pass a TOML file"):
+        load_config(str(tmp_path))
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(write(tmp_path, ""))
+    with pytest.raises(ConfigError, match=r"does not exist \(from "):
+        load_config(str(tmp_path / "nope.toml"))

@@ -726,7 +726,33 @@ def bad_input_rows(byte_data, good_run, base):
         ("sample: run dir without a checkpoint", ["sample.py", "--ckpt", base], sample_run, ["holds no checkpoint"]),
         ("sample: --temperature 0", ["sample.py", "--ckpt", sample_run, "--temperature", "0"], sample_run,
          ["--temperature"]),
+        ("sample: --temperature nan", ["sample.py", "--ckpt", sample_run, "--temperature", "nan"], sample_run,
+         ["--temperature nan", "finite"]),
+        ("sample: --temperature inf", ["sample.py", "--ckpt", sample_run, "--temperature", "inf"], sample_run,
+         ["--temperature inf", "finite"]),
+        ("sample: --seed -1", ["sample.py", "--ckpt", sample_run, "--seed", "-1"], sample_run, ["--seed -1"]),
+        *([] if torch.cuda.is_available() else [
+            ("sample: --device cuda without a GPU", ["sample.py", "--ckpt", sample_run, "--device", "cuda"],
+             sample_run, ["no CUDA GPU", "--device cpu"])]),
+        # --- values that used to pass silently, and run-dir paths that are not directories
+        (*train_row("grad_clip = nan", fresh("nan_clip"), "--train.grad_clip=nan"),
+         ["train.grad_clip", "not a number"]),
+        (*train_row("lr = inf", fresh("inf_lr"), "--optimizer.lr=inf"), ["optimizer.lr", "not finite"]),
+        (*train_row("seed beyond 32 bits", fresh("big_seed"), "--train.seed=4294967296"), ["train.seed", "2**32"]),
+        (*train_row("empty config file", fresh("empty_cfg"), config=tml("empty.toml", "")), ["is empty"]),
+        (*train_row("run_dir is empty", fresh("empty_dir"), "--logging.run_dir="), ["logging.run_dir is empty"]),
+        (*train_row("run_dir is a file", not_ckpt), ["is a file, not a directory"]),
+        (*train_row("run_dir under a file", os.path.join(not_ckpt, "run")), ["lies under the file"]),
+        # --- data.prepare
+        ("prepare: --workers 0", [sys.executable, "-m", "data.prepare", "shakespeare", "--out", fresh("prep0"),
+                                  "--workers", "0"], fresh("prep0"), ["--workers 0", ">= 1"]),
+        ("prepare: unwritable --out", [sys.executable, "-m", "data.prepare", "shakespeare", "--out",
+                                       "/proc/nanoptim_test/out"], fresh("prep_ro"), ["cannot write into"]),
         # --- run.sh (NPROC=1)
+        ("run.sh: NPROC=0", ["env", "NPROC=0", "bash", "run.sh", *args(byte_data, fresh("sh_np0"))],
+         fresh("sh_np0"), ["NPROC=0", "integer >= 1"]),
+        ("run.sh: NPROC=abc", ["env", "NPROC=abc", "bash", "run.sh", *args(byte_data, fresh("sh_npa"))],
+         fresh("sh_npa"), ["NPROC=abc", "integer >= 1"]),
         ("run.sh: unknown key", ["bash", "run.sh", *args(byte_data, copy_run("sh_key"), "--train.max_stepz=3")],
          os.path.join(base, "runs", "sh_key"), ["unknown key", "max_stepz"]),
         ("run.sh: missing data dir", ["bash", "run.sh", *args(os.path.join(base, "nodata2"), fresh("sh_data"))],
@@ -772,7 +798,7 @@ def test_bad_inputs_give_one_line_and_change_nothing(byte_data, good_run, tmp_pa
             failures.append(f"{name}: {e}")
     assert not os.path.exists(sentinel), "a config value or a checkpoint executed code"
     assert not failures, "\n".join(failures)
-    assert len(rows) >= 35
+    assert len(rows) >= 50
     print(f"{len(rows)} bad inputs tried ({len(cold)} of them also or only cold), all refused with one line, "
           f"nothing changed")
 
