@@ -13,6 +13,7 @@ Order of a start (train.py calls these in this order; nothing is written before 
 """
 
 import fcntl
+import json
 import os
 import socket
 import time
@@ -36,6 +37,7 @@ class TrainingState:
     start_step: int = 0  # the step this invocation starts at (the checkpoint's step)
     best_val: float = float("inf")
     elapsed_s: float = 0.0  # training compute time (evaluation and checkpointing excluded), summed over resumes
+    wall_s: float = 0.0  # wall time of the invocations up to the checkpoint, summed (final.json's wall_s)
     skipped: int = 0  # steps skipped for non-finite values (train.nonfinite = "skip")
     last_good: str | None = None  # the newest good checkpoint, named in the non-finite errors
     resumed: bool = False
@@ -175,6 +177,7 @@ def apply_checkpoint(state: dict | None, path: str | None, model, optimizer, mcf
     counters.load_state_dict(state["counters"])
     run.start_step, run.best_val = state["step"], state["best_val_loss"]
     run.elapsed_s, run.skipped = state["elapsed_s"], state["skipped_steps"]
+    run.wall_s = float(state.get("wall_s", 0.0))  # older checkpoints have none
     run.last_good, run.resumed = path, True
     torch.set_rng_state(state["rng"]["torch"])
     if device_type == "cuda" and state["rng"].get("cuda") is not None:
@@ -264,6 +267,15 @@ def save_checkpoint(run: TrainingState, step: int, model, optimizer, cfg, mcfg, 
     path = ckpt.save_checkpoint(cfg.logging.run_dir, {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
         "best_val_loss": run.best_val, "counters": run.counters.state_dict(), "elapsed_s": run.elapsed_s,
-        "skipped_steps": run.skipped, "rng": rng, "config": to_dict(cfg), "model_config": vars(mcfg).copy(),
+        "skipped_steps": run.skipped, "wall_s": run.wall_s, "rng": rng, "config": to_dict(cfg),
+        "model_config": vars(mcfg).copy(),
     }, cfg.checkpoint.keep_last)
     log(f"saved {path}")
+
+
+def finished_summary(run: TrainingState, cfg, ddp: bool, master: bool) -> dict | None:
+    """final.json of a run that already reached train.max_steps (a rerun then changes nothing), else None."""
+    path = os.path.join(cfg.logging.run_dir, "final.json")
+    if run.start_step < cfg.train.max_steps:
+        return None
+    return from_master(ddp, master, lambda: json.load(open(path)) if os.path.isfile(path) else None)

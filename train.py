@@ -240,6 +240,10 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
 
     model, raw_model, optimizer, run = build_and_resume(cfg, mcfg, device, ddp, rank, master, log)
     counters = run.counters
+    if (done := resume.finished_summary(run, cfg, ddp, master)) is not None:  # a rerun of a finished run
+        log(f"{run_dir} holds a finished run ({tc.max_steps} steps, final.json): nothing to do; raise "
+            f"--train.max_steps to train on, or use another --logging.run_dir")
+        return done
     logger = MetricsLogger(run_dir, to_dict(cfg), wandb_mode=cfg.logging.wandb, project=cfg.logging.wandb_project,
                            run_name=cfg.logging.run_name or os.path.basename(os.path.normpath(run_dir)),
                            group=cfg.logging.group, enabled=master,
@@ -250,7 +254,10 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
         f"{tc.batch_tokens} tokens/step | optimizer {cfg.optimizer.name} ({cfg.optimizer.method}) | "
         f"device {device} {dtype}")
 
+    wall_before = run.wall_s  # wall time of the earlier invocations
+
     def save(step):
+        run.wall_s = wall_before + time.time() - t_start
         resume.save_checkpoint(run, step, raw_model, optimizer, cfg, mcfg, master, device_type, log)
 
     # ---- the training loop
@@ -316,10 +323,10 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
         log(f"step {max_steps}: val loss {last_val:.4f}")
         save(max_steps)
     summary = dict(steps=max_steps, best_val_loss=run.best_val, final_val_loss=last_val, **counters.as_dict(),
-                   elapsed_s=run.elapsed_s, skipped_steps=run.skipped, wall_s=time.time() - t_start)
+                   elapsed_s=run.elapsed_s, skipped_steps=run.skipped,
+                   wall_s=wall_before + time.time() - t_start)  # summed over every invocation of the run
     if master:
-        atomic_write(os.path.join(run_dir, "final.json"),
-                                lambda f: f.write(json.dumps(summary, indent=2).encode()))
+        atomic_write(os.path.join(run_dir, "final.json"), lambda f: f.write(json.dumps(summary, indent=2).encode()))
     logger.finish(summary)
     return summary
 

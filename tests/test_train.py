@@ -200,3 +200,24 @@ def test_run_sh_default_completes(tmp_path):
     assert "resumed from" not in proc.stdout and "step 119/120" in proc.stdout, proc.stdout[-2000:]
     assert "final val loss" in proc.stdout, proc.stdout[-2000:]
     assert os.path.getsize(copy / "out" / "tiny_cpu" / "sample.txt") > 100
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_run_changes_nothing_and_wall_time_adds_up(text_data_dir, tmp_path, capsys):
+    """A rerun of a finished run says so and writes nothing (final.json's wall_s is not replaced by the rerun's few
+    seconds); a run split over two invocations reports the wall time of both."""
+    import time as _time
+
+    run = str(tmp_path / "r")
+    extra = ["--train.max_steps=4", "--checkpoint.interval=2"]
+    train_main(train_args(text_data_dir, run, *extra, "--train.stop_after=2"))
+    t0 = _time.time()
+    summary = train_main(train_args(text_data_dir, run, *extra))
+    second_call = _time.time() - t0
+    first = json.load(open(os.path.join(run, "final.json")))
+    assert first == summary and first["wall_s"] > second_call  # includes the first invocation
+    files = {f: open(os.path.join(run, f), "rb").read() for f in os.listdir(run) if f != ".lock"}
+    capsys.readouterr()
+    assert train_main(train_args(text_data_dir, run, *extra)) == first
+    assert "holds a finished run" in capsys.readouterr().out
+    assert {f: open(os.path.join(run, f), "rb").read() for f in files} == files  # nothing rewritten
