@@ -197,6 +197,35 @@ def load_checkpoint(path: str, map_location="cpu", verify: bool = True) -> dict:
                               f"train.py") from None
 
 
+def _check_zip_crcs(path: str) -> None:
+    """_Unreadable unless every member of the archive matches its CRC32 (a damaged file without a marker)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, RuntimeError) as e:
+        raise _Unreadable(f"it is not a readable archive ({e})") from None
+    if bad is not None:
+        raise _Unreadable(f"its entry {bad} fails its CRC32 check (the file is damaged)")
+
+
+def _check_finite(state: dict) -> None:
+    """_Unreadable if a weight or an optimizer state tensor is inf/NaN: resuming from it could only give NaN."""
+    def tensors(x):
+        if torch.is_tensor(x):
+            yield x
+        elif isinstance(x, dict):
+            for v in x.values():
+                yield from tensors(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                yield from tensors(v)
+
+    for where in ("model", "optimizer"):
+        for t in tensors(state.get(where)):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise _Unreadable(f"its {where} state holds non-finite values (inf/NaN)")
+
+
 def load_latest(run_dir: str, map_location="cpu") -> tuple[dict | None, list[tuple[str, str]]]:
     """(the newest usable checkpoint in run_dir or None, [(path, problem)] of the bad checkpoints newer than it).
 
@@ -215,7 +244,10 @@ def load_latest(run_dir: str, map_location="cpu") -> tuple[dict | None, list[tup
         unmarked = problem is not None and not os.path.exists(marker_path(path))
         if problem is None or unmarked:
             try:
+                if unmarked:  # no checksum to trust: the zip's own CRC32s must hold (torch.save writes them)
+                    _check_zip_crcs(path)
                 state = _read(path, map_location)  # its checksum has just been verified (or it has none)
+                _check_finite(state)
             except _Unreadable as e:
                 problem = f"{problem}, and {e}" if unmarked else str(e)
             else:

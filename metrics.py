@@ -170,6 +170,9 @@ class MetricsLogger:
     def _truncate_for_resume(self, resume_step, config):
         """Keep config + records with step <= resume_step, rewritten atomically, then note the resume."""
         old = read_records(self.path)
+        if not old:
+            warnings.warn(f"{self.path} is missing or empty: the history before step {resume_step + 1} is lost; "
+                          f"the checkpoint's counters carry on, and new records follow a resume line")
         head = [r for r in old[:1] if r.get("kind") == "config"]
         if not head:  # file missing or damaged at the top: the config line must still come first
             head = [{"kind": "config", "config": config, "time": _now()}]

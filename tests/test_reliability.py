@@ -348,6 +348,40 @@ def test_checkpoints_from_before_the_markers_still_resume(byte_data, reference, 
     assert_clean_and_verified(run_dir)
 
 
+def test_a_damaged_checkpoint_without_marker_is_not_trusted(byte_data, reference, tmp_path):
+    """An unmarked checkpoint with 16 flipped bytes fails its zip CRC32s: it is set aside with a one-line warning and
+    the run resumes from the good older one, ending bit-identical (before, it was loaded and training went NaN)."""
+    run_dir = str(tmp_path / "run")
+    ok(train(byte_data, run_dir, "--train.stop_after=6"))
+    for marker in [ckpt.marker_path(p) for _, p in ckpt.list_checkpoints(run_dir)]:
+        os.remove(marker)
+    newest = ckpt.checkpoint_path(run_dir, 6)
+    data = bytearray(open(newest, "rb").read())
+    for i in range(16):
+        data[len(data) // 2 + 97 * i] ^= 0xFF
+    open(newest, "wb").write(bytes(data))
+    proc = ok(train(byte_data, run_dir))
+    assert "resumed from step 4 " in proc.stdout and "fails its CRC32 check" in proc.stdout, proc.stdout[-2000:]
+    assert os.path.exists(newest + ".corrupt")
+    assert_bit_identical(run_dir, reference)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_set_aside(byte_data, reference, tmp_path):
+    """A checkpoint whose weights hold a NaN (with a matching marker, so only the content is wrong) is never resumed
+    from: the run falls back to the previous one and ends bit-identical."""
+    run_dir = str(tmp_path / "run")
+    ok(train(byte_data, run_dir, "--train.stop_after=6"))
+    newest = ckpt.checkpoint_path(run_dir, 6)
+    state = torch.load(newest, weights_only=True)
+    next(iter(state["model"].values())).view(-1)[0] = float("nan")
+    buf = __import__("io").BytesIO()
+    torch.save(state, buf)
+    _write_with_marker(newest, buf.getvalue())
+    proc = ok(train(byte_data, run_dir))
+    assert "resumed from step 4 " in proc.stdout and "non-finite values" in proc.stdout, proc.stdout[-2000:]
+    assert_bit_identical(run_dir, reference)
+
+
 # ----------------------------------------------------------------------------- restarts (run.sh, torchrun)
 
 
