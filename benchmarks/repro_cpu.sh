@@ -47,7 +47,7 @@ declare -A GRID=(
   [signmuon_p2]="optimizer.lr=3e-3,1e-2,3e-2"
   [normuon]="optimizer.lr=3e-3,1e-2,3e-2,1e-1"        # its spectral-norm scale moves 2-3x less than 0.2*sqrt(max)
   [ademamix]="optimizer.lr=1e-3,3e-3,1e-2"
-  [soap]="optimizer.lr=1e-3,3e-3,1e-2"
+  [soap]="optimizer.lr=1e-3,3e-3,1e-2,3e-2,1e-1"        # 3e-2, 1e-1 added: 1e-2 was the best of the first 3
 )
 # Extra overrides of one method's sweep: AdEMAMix's warm-ups span the whole run (epfml's 124M script sets them to
 # the iteration count), so a 50-step sweep cell warms up over 50 steps.

@@ -25,7 +25,11 @@ CASES = {  # case -> (optimizer, settings) (large lrs so that 6 steps move the m
     "signmuon": ("signmuon", dict(lr=5e-3, lion_lr=1e-3, period=3.0)),
     "lionmuon_bf16": ("lionmuon", dict(lr=5e-3, lion_lr=1e-3, period=1.0, ns_dtype="bfloat16")),
     "adamw": ("adamw", dict(lr=3e-3)),
+    "normuon": ("normuon", dict(lr=0.05, adamw_lr=3e-3)),
+    "ademamix": ("ademamix", dict(lr=3e-3, alpha_warmup=4, beta3_warmup=4)),
+    "soap": ("soap", dict(lr=3e-3, precondition_frequency=2)),  # refreshes at steps 2 and 4: every rank the same
 }
+NO_NS = ("adamw", "ademamix", "soap")
 FACTORS = [0.3, 1.0, 0.9, 0.7, 0.5, 0.3]  # the schedule: group["lr"] = base_lr * factor
 SAVE_AT = 3  # checkpoint after this many steps
 
@@ -149,7 +153,7 @@ def test_two_ranks_equal_one_process(runs, name):
     assert one["losses"][-1] < one["losses"][0] - 0.05
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if n != "adamw"])
+@pytest.mark.parametrize("name", [n for n in CASES if n not in NO_NS])
 def test_newton_schulz_work_is_split(runs, name):
     per_rank = [r["ns_counts"].get(name, 0) for r in runs["ranks"]]
     model = make_model()
