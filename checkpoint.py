@@ -93,9 +93,10 @@ def file_sha256(path: str) -> str:
     return sha.hexdigest()
 
 
-def save_checkpoint(run_dir: str, state: dict, keep_last: int) -> str:
+def save_checkpoint(run_dir: str, state: dict, keep_last: int, protect: str | None = None) -> str:
     """Write state as ckpt_<state['step']>.pt + its .sha256 marker (protocol in the module docstring), then delete
-    all but the newest keep_last checkpoints. Returns the .pt path.
+    all but the newest keep_last checkpoints, never `protect` (the newest good one, see resume.py). Returns the .pt
+    path.
 
     Raises CheckpointError, with the previous checkpoints intact, if a write fails (disk full, read-only or
     unwritable run directory).
@@ -129,6 +130,8 @@ def save_checkpoint(run_dir: str, state: dict, keep_last: int) -> str:
             f"free disk space or fix permissions of {run_dir}, then rerun the same command to resume") from None
     fsync_dir(os.path.abspath(run_dir))
     for _, old in list_checkpoints(run_dir)[keep_last:]:
+        if protect is not None and os.path.abspath(old) == os.path.abspath(protect):
+            continue
         _remove_quietly(old)  # the .pt first: a crash in between leaves a lone marker, which is ignored
         _remove_quietly(marker_path(old))
     return path
@@ -262,10 +265,11 @@ def load_latest(run_dir: str, map_location="cpu") -> tuple[dict | None, list[tup
     return None, []
 
 
-def set_aside(path: str, problem: str, log=print) -> None:
-    """Rename a bad checkpoint to *.pt.corrupt: kept for inspection, never listed (so keep_last ignores it)."""
-    log(f"warning: not resuming from {path}: {problem}; renamed it to {os.path.basename(path)}.corrupt")
-    os.replace(path, path + ".corrupt")
+def set_aside(path: str, problem: str, log=print, suffix: str = ".corrupt") -> None:
+    """Rename a checkpoint not to resume from to *.pt.corrupt (or `suffix`): kept for inspection, never listed (so
+    keep_last ignores it)."""
+    log(f"warning: not resuming from {path}: {problem}; renamed it to {os.path.basename(path)}{suffix}")
+    os.replace(path, path + suffix)
     _remove_quietly(marker_path(path))
 
 

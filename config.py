@@ -110,6 +110,7 @@ class CheckpointSection:
     keep_last: int = 2
     resume: str = "auto"  # "auto": continue from the run dir's last good checkpoint | "never": refuse a used run dir
     allow_config_change: bool = False  # resume a run dir whose saved config differs in a key that matters
+    resume_from: str = ""  # a ckpt_*.pt of the run dir to resume from instead of the newest (newer ones set aside)
 
 
 @dataclass

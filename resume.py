@@ -28,6 +28,12 @@ from config import differences, load_config, to_dict, to_toml
 from errors import ERRORS, CheckpointError, ConfigError, NanoptimError, NonFiniteError, RunDirError
 from flops import FlopsCounter
 
+# train.nonfinite = "skip": after a skipped step the run is "recovering" until it has taken this many updates in a
+# row. Checkpoints written while recovering are kept (a crash resumes from them) but are not "good": the newest good
+# checkpoint is never pruned, and it is the one the non-finite errors name (a streak of skips can leave the weights
+# finite but wrecked, and a checkpoint of those would only give NaN again).
+RECOVERY_STEPS = 10
+
 
 @dataclass
 class TrainingState:
@@ -39,12 +45,26 @@ class TrainingState:
     elapsed_s: float = 0.0  # training compute time (evaluation and checkpointing excluded), summed over resumes
     wall_s: float = 0.0  # wall time of the invocations up to the checkpoint, summed (final.json's wall_s)
     skipped: int = 0  # steps skipped for non-finite values (train.nonfinite = "skip")
-    last_good: str | None = None  # the newest good checkpoint, named in the non-finite errors
+    last_good: str | None = None  # the newest good checkpoint (never pruned), named in the non-finite errors
+    steps_since_skip: int | None = None  # updates taken since the last skipped step; None = none skipped yet
     resumed: bool = False
 
+    @property
+    def healthy(self) -> bool:
+        """No skipped step, or RECOVERY_STEPS updates in a row since the last one: a checkpoint written now is good."""
+        return self.steps_since_skip is None or self.steps_since_skip >= RECOVERY_STEPS
+
     def last_good_text(self) -> str:
-        return f"the last good checkpoint {self.last_good} is intact" if self.last_good else \
-            "no checkpoint had been written yet"
+        if not self.last_good:
+            return "no good checkpoint had been written yet"
+        return f"the last good checkpoint {self.last_good} is intact"
+
+    def resume_hint(self) -> str:
+        """How to go on from the last good checkpoint with a lower learning rate."""
+        if not self.last_good:
+            return "lower optimizer.lr and start again"
+        return (f"resume from it with a lower lr: --checkpoint.resume_from={self.last_good} "
+                f"--checkpoint.allow_config_change=true --optimizer.lr=<lower>")
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -143,11 +163,28 @@ def choose_checkpoint(cfg, log) -> tuple[dict | None, list[tuple[str, str]]]:
     if ckpt.list_checkpoints(run_dir) and cfg.checkpoint.resume == "never":
         raise ConfigError(f"{run_dir} already holds checkpoints and checkpoint.resume = 'never'; "
                           f"use another --logging.run_dir or --checkpoint.resume=auto")
+    if cfg.checkpoint.resume_from:
+        return _resume_from(cfg, log)
     state, bad = ckpt.load_latest(run_dir, map_location="cpu")
     if state is not None and state["unverified"]:
         log(f"warning: {state['path']} has no .sha256 completion marker (written by an older nanoptim, or "
             f"copied without it); it reads as a complete checkpoint, so the run resumes from it")
     return state, bad
+
+
+def _resume_from(cfg, log) -> tuple[dict, list[tuple[str, str]]]:
+    """checkpoint.resume_from: that checkpoint of the run dir, not the newest; the newer ones are abandoned (renamed
+    *.pt.abandoned by prepare_run_dir) so that a later automatic resume cannot go back to them."""
+    run_dir, path = cfg.logging.run_dir, cfg.checkpoint.resume_from
+    if os.path.dirname(os.path.abspath(path)) != os.path.abspath(run_dir):
+        raise ConfigError(f"checkpoint.resume_from = {path!r} is not in the run dir {run_dir}; name one of its "
+                          f"ckpt_*.pt files")
+    state = ckpt.load_checkpoint(path, map_location="cpu")
+    state["path"], state["unverified"] = path, False
+    newer = [(p, "abandoned: the run resumed from an older checkpoint (checkpoint.resume_from)")
+             for step, p in ckpt.list_checkpoints(run_dir) if step > state["step"]]
+    log(f"resuming from {path} (checkpoint.resume_from); {len(newer)} newer checkpoint(s) will be set aside")
+    return state, newer
 
 
 def apply_checkpoint(state: dict | None, path: str | None, model, optimizer, mcfg, cfg, counters: FlopsCounter,
@@ -178,7 +215,10 @@ def apply_checkpoint(state: dict | None, path: str | None, model, optimizer, mcf
     run.start_step, run.best_val = state["step"], state["best_val_loss"]
     run.elapsed_s, run.skipped = state["elapsed_s"], state["skipped_steps"]
     run.wall_s = float(state.get("wall_s", 0.0))  # older checkpoints have none
-    run.last_good, run.resumed = path, True
+    run.steps_since_skip = state.get("steps_since_skip")
+    # a checkpoint written while recovering names the good one before it; older checkpoints were all good
+    run.last_good = path if state.get("good", True) else state.get("last_good")
+    run.resumed = True
     torch.set_rng_state(state["rng"]["torch"])
     if device_type == "cuda" and state["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(state["rng"]["cuda"][rank % len(state["rng"]["cuda"])])
@@ -246,7 +286,7 @@ def prepare_run_dir(cfg, bad_checkpoints, log) -> None:
     os.makedirs(run_dir, exist_ok=True)
     lock_run_dir(run_dir)
     for path, problem in bad_checkpoints:
-        ckpt.set_aside(path, problem, log)
+        ckpt.set_aside(path, problem, log, suffix=".abandoned" if problem.startswith("abandoned") else ".corrupt")
     ckpt.clean_incomplete(run_dir)  # leftovers of a write that a crash interrupted
     atomic_write(os.path.join(run_dir, "config.toml"), lambda f: f.write(to_toml(cfg).encode()))
 
@@ -258,9 +298,10 @@ def save_checkpoint(run: TrainingState, step: int, model, optimizer, cfg, mcfg, 
     params = [p for p in model.parameters() if p.requires_grad]
     if not bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
         raise NonFiniteError(f"the weights became non-finite by step {step}, so no checkpoint was written "
-                             f"({run.last_good_text()}); lower optimizer.lr and resume from it with "
-                             f"--checkpoint.allow_config_change=true")
-    run.last_good = ckpt.checkpoint_path(cfg.logging.run_dir, step)
+                             f"({run.last_good_text()}); {run.resume_hint()}")
+    path, good, previous_good = ckpt.checkpoint_path(cfg.logging.run_dir, step), run.healthy, run.last_good
+    if good:
+        run.last_good = path
     if not master:
         return
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else None}
@@ -268,9 +309,11 @@ def save_checkpoint(run: TrainingState, step: int, model, optimizer, cfg, mcfg, 
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
         "best_val_loss": run.best_val, "counters": run.counters.state_dict(), "elapsed_s": run.elapsed_s,
         "skipped_steps": run.skipped, "wall_s": run.wall_s, "rng": rng, "config": to_dict(cfg),
-        "model_config": vars(mcfg).copy(),
-    }, cfg.checkpoint.keep_last)
-    log(f"saved {path}")
+        "model_config": vars(mcfg).copy(), "good": good, "last_good": run.last_good,
+        "steps_since_skip": run.steps_since_skip,
+    }, cfg.checkpoint.keep_last, protect=run.last_good)
+    log(f"saved {path}" + ("" if good else f" (while recovering from skipped steps: not a good checkpoint; the good "
+                                           f"one, {previous_good or 'none yet'}, is kept)"))
 
 
 def finished_summary(run: TrainingState, cfg, ddp: bool, master: bool) -> dict | None:

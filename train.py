@@ -282,6 +282,8 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
                                                    foreach=True).item()
         if math.isfinite(train_loss) and math.isfinite(grad_norm):
             skips_in_a_row = 0
+            if run.steps_since_skip is not None:
+                run.steps_since_skip += 1
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             counters.add_step(tc.batch_tokens, optimizer.last_step_flops())
@@ -337,17 +339,16 @@ def handle_nonfinite(run, step: int, train_loss: float, params, policy: str, ski
     rank takes the same branch."""
     what = "loss" if not math.isfinite(train_loss) else "gradient"
     if policy == "stop":
-        raise NonFiniteError(f"non-finite {what} at step {step} ({run.last_good_text()}); lower the "
-                             f"learning rate, or set --train.nonfinite=skip to skip such steps")
+        raise NonFiniteError(f"non-finite {what} at step {step} ({run.last_good_text()}); {run.resume_hint()}, "
+                             f"or set --train.nonfinite=skip to skip such steps")
     if not bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
         raise NonFiniteError(f"non-finite {what} at step {step} because the weights are non-finite, which "
-                             f"skipping cannot repair ({run.last_good_text()}); lower optimizer.lr and "
-                             f"resume from it with --checkpoint.allow_config_change=true")
+                             f"skipping cannot repair ({run.last_good_text()}); {run.resume_hint()}")
     run.skipped += 1
+    run.steps_since_skip = 0  # recovering: checkpoints are not good until resume.RECOVERY_STEPS updates in a row
     if skips_in_a_row > MAX_SKIPS_IN_A_ROW:
         raise NonFiniteError(f"non-finite {what} at {skips_in_a_row} steps in a row, up to step {step} "
-                             f"({run.last_good_text()}); lower the learning rate and resume from it with "
-                             f"--checkpoint.allow_config_change=true")
+                             f"({run.last_good_text()}); {run.resume_hint()}")
     log(f"step {step}: non-finite {what}, update skipped (train.nonfinite = skip; {run.skipped} skipped so far)")
 
 
@@ -379,9 +380,9 @@ def _run_dir_error(e: OSError, run_dir: str) -> RunDirError | None:
     inside = where is not None and where.startswith(os.path.abspath(run_dir) + os.sep)
     if not (disk or (inside and e.errno in (errno.EACCES, errno.EPERM))):
         return None
-    return RunDirError(f"could not write {where or 'to ' + run_dir} ({e.strerror or e}); the last good checkpoint "
-                       f"is intact; free disk space or fix permissions of {run_dir}, then rerun the same command to "
-                       f"resume")
+    return RunDirError(f"could not write {where or 'to ' + run_dir} ({e.strerror or e}); every checkpoint written "
+                       f"so far is intact; free disk space or fix permissions of {run_dir}, then rerun the same "
+                       f"command to resume")
 
 
 def main(argv=None):

@@ -16,6 +16,7 @@ so that a launch costs its Python start-up and little else. docs/reliability.md 
 
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -539,6 +540,30 @@ def test_nonfinite_skip_counts_logs_and_skips_the_update(byte_data, tmp_path):
     state = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir, 8))
     steps = {float(s["step"]) for s in state["optimizer"]["state"].values()}
     assert steps == {7.0}  # AdamW took 7 updates, not 8
+
+
+def test_skip_mode_never_prunes_or_names_a_wrecked_checkpoint(byte_data, tmp_path):
+    """train.nonfinite = skip with weights wrecked (finite, ×1e10, so every later loss is non-finite): the skipped
+    steps' checkpoints are written but not good, keep_last never prunes the last good one, the stop names it, and
+    resuming from it with a lower lr (the command the message gives) trains on with finite losses."""
+    run_dir = str(tmp_path / "run")
+    proc = train(byte_data, run_dir, "--train.nonfinite=skip", "--train.max_steps=40",
+                 faults=[dict(hook="step", action="wreck_weights", n=9)])  # step 8, after the checkpoint at 8
+    line = one_error_line(proc)
+    assert "steps in a row" in line and "ckpt_00000008.pt is intact" in line, line
+    assert "--checkpoint.resume_from=" in line and "not a good checkpoint" in proc.stdout
+    kept = [os.path.basename(p) for _, p in ckpt.list_checkpoints(run_dir)]
+    assert "ckpt_00000008.pt" in kept and len(kept) == 3, kept  # keep_last 2 newest + the protected good one
+    hint = re.search(r"--checkpoint\.resume_from=(\S+)", line).group(1)
+    again = ok(train(byte_data, run_dir, "--train.nonfinite=skip", "--train.max_steps=40",
+                     f"--checkpoint.resume_from={hint}", "--checkpoint.allow_config_change=true",
+                     "--optimizer.lr=5e-3"))
+    assert "resumed from step 8 " in again.stdout and "abandoned" in again.stdout
+    losses = records(run_dir)[0]
+    assert sorted(losses) == list(range(40)) and all(math.isfinite(losses[s]) for s in range(8, 40))
+    abandoned = sorted(f for f in os.listdir(run_dir) if f.endswith(".pt.abandoned"))
+    assert abandoned == ["ckpt_00000016.pt.abandoned", "ckpt_00000018.pt.abandoned"], abandoned  # the wrecked ones
+    assert ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir, 40))["good"]
 
 
 def test_nonfinite_weights_are_never_checkpointed(byte_data, tmp_path):

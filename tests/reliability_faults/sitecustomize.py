@@ -20,6 +20,7 @@ A fault fires at the n-th matching call in its process (1-based; "step" n = 5 is
     enospc/eacces  raise OSError(ENOSPC / EACCES) instead of doing the call
     inf_grad       (step) write +inf into the first gradient before the norm is taken
     inf_weight     (step) write +inf into the first weight (the update keeps it non-finite)
+    wreck_weights  (step) multiply every weight by 1e10: finite but wrecked (every later loss non-finite)
 Optional keys: "rank" (fire only in the process with this RANK), "once" (a file path: fire only if it does not
 exist yet, creating it first, so a restarted process runs clean).
 """
@@ -80,6 +81,9 @@ def install(faults):
                     next(p for p in parameters if p.grad is not None).grad.view(-1)[0] = float("inf")
                 elif f["action"] == "inf_weight":
                     parameters[0].view(-1)[0] = float("inf")
+                elif f["action"] == "wreck_weights":
+                    for p in parameters:
+                        p.mul_(1e10)
         return real_clip(parameters, *args, **kwargs)
 
     torch.nn.utils.clip_grad_norm_ = clip_grad_norm_
