@@ -48,6 +48,7 @@ class TrainingState:
     last_good: str | None = None  # the newest good checkpoint (never pruned), named in the non-finite errors
     steps_since_skip: int | None = None  # updates taken since the last skipped step; None = none skipped yet
     resumed: bool = False
+    resumed_from: str | None = None  # the checkpoint.resume_from this run descends from (absolute path)
 
     @property
     def healthy(self) -> bool:
@@ -163,9 +164,14 @@ def choose_checkpoint(cfg, log) -> tuple[dict | None, list[tuple[str, str]]]:
     if ckpt.list_checkpoints(run_dir) and cfg.checkpoint.resume == "never":
         raise ConfigError(f"{run_dir} already holds checkpoints and checkpoint.resume = 'never'; "
                           f"use another --logging.run_dir or --checkpoint.resume=auto")
-    if cfg.checkpoint.resume_from:
-        return _resume_from(cfg, log)
     state, bad = ckpt.load_latest(run_dir, map_location="cpu")
+    if cfg.checkpoint.resume_from:
+        if state is not None and state.get("resumed_from") == os.path.abspath(cfg.checkpoint.resume_from):
+            # the same command again (a restart after a crash): the newest checkpoint already descends from it
+            log(f"note: checkpoint.resume_from was applied by an earlier launch; resuming from the newest, "
+                f"{state['path']}")
+        else:
+            return _resume_from(cfg, log)
     if state is not None and state["unverified"]:
         log(f"warning: {state['path']} has no .sha256 completion marker (written by an older nanoptim, or "
             f"copied without it); it reads as a complete checkpoint, so the run resumes from it")
@@ -219,6 +225,8 @@ def apply_checkpoint(state: dict | None, path: str | None, model, optimizer, mcf
     # a checkpoint written while recovering names the good one before it; older checkpoints were all good
     run.last_good = path if state.get("good", True) else state.get("last_good")
     run.resumed = True
+    run.resumed_from = (os.path.abspath(cfg.checkpoint.resume_from) if cfg.checkpoint.resume_from
+                        else state.get("resumed_from"))
     torch.set_rng_state(state["rng"]["torch"])
     if device_type == "cuda" and state["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(state["rng"]["cuda"][rank % len(state["rng"]["cuda"])])
@@ -310,7 +318,7 @@ def save_checkpoint(run: TrainingState, step: int, model, optimizer, cfg, mcfg, 
         "best_val_loss": run.best_val, "counters": run.counters.state_dict(), "elapsed_s": run.elapsed_s,
         "skipped_steps": run.skipped, "wall_s": run.wall_s, "rng": rng, "config": to_dict(cfg),
         "model_config": vars(mcfg).copy(), "good": good, "last_good": run.last_good,
-        "steps_since_skip": run.steps_since_skip,
+        "steps_since_skip": run.steps_since_skip, "resumed_from": run.resumed_from,
     }, cfg.checkpoint.keep_last, protect=run.last_good)
     log(f"saved {path}" + ("" if good else f" (while recovering from skipped steps: not a good checkpoint; the good "
                                            f"one, {previous_good or 'none yet'}, is kept)"))

@@ -555,10 +555,13 @@ def test_skip_mode_never_prunes_or_names_a_wrecked_checkpoint(byte_data, tmp_pat
     kept = [os.path.basename(p) for _, p in ckpt.list_checkpoints(run_dir)]
     assert "ckpt_00000008.pt" in kept and len(kept) == 3, kept  # keep_last 2 newest + the protected good one
     hint = re.search(r"--checkpoint\.resume_from=(\S+)", line).group(1)
-    again = ok(train(byte_data, run_dir, "--train.nonfinite=skip", "--train.max_steps=40",
-                     f"--checkpoint.resume_from={hint}", "--checkpoint.allow_config_change=true",
-                     "--optimizer.lr=5e-3"))
+    command = ["--train.nonfinite=skip", "--train.max_steps=40", f"--checkpoint.resume_from={hint}",
+               "--checkpoint.allow_config_change=true", "--optimizer.lr=5e-3"]
+    again = ok(train(byte_data, run_dir, *command, "--train.stop_after=10"))
     assert "resumed from step 8 " in again.stdout and "abandoned" in again.stdout
+    # the same command again (run.sh restarting it after a crash) goes on from the newest, not back to step 8
+    again = ok(train(byte_data, run_dir, *command))
+    assert "applied by an earlier launch" in again.stdout and "resumed from step 18 " in again.stdout
     losses = records(run_dir)[0]
     assert sorted(losses) == list(range(40)) and all(math.isfinite(losses[s]) for s in range(8, 40))
     abandoned = sorted(f for f in os.listdir(run_dir) if f.endswith(".pt.abandoned"))
