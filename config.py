@@ -434,15 +434,24 @@ def to_toml(cfg: RunConfig) -> str:
     return "\n".join(lines)
 
 
-def differences(a: RunConfig, b: RunConfig, ignore=RESUMABLE_CHANGES) -> list[str]:
-    """Keys whose values differ between two configs ("section.key: a -> b"), skipping keys in `ignore`."""
+def differences(a, b, ignore=RESUMABLE_CHANGES) -> list[str]:
+    """Keys whose values differ between two configs ("section.key: a -> b"), skipping keys in `ignore`. a and b are
+    RunConfigs or to_dict() output (e.g. the config stored in a checkpoint; keys whose value is None count as unset)."""
     out = []
-    da, db = to_dict(a), to_dict(b)
+
+    def plain(c):
+        d = to_dict(c) if isinstance(c, RunConfig) else c
+        return {sec: {k: (list(v) if isinstance(v, tuple) else v) for k, v in (t or {}).items() if v is not None}
+                for sec, t in d.items()}
+
+    da, db = plain(a), plain(b)
+    for d in (da, db):  # checkpoints from before recipes name the method only
+        d.setdefault("optimizer", {}).setdefault("method", d["optimizer"].get("name"))
     for section in da:
-        for key in dict.fromkeys([*da[section], *db[section]]):  # a recipe may gain or lose a setting
+        for key in dict.fromkeys([*da[section], *db.get(section, {})]):  # a recipe may gain or lose a setting
             dotted = f"{section}.{key}"
             if any(dotted.startswith(p) for p in ignore):
                 continue
-            if da[section].get(key) != db[section].get(key):
-                out.append(f"{dotted}: {da[section].get(key)!r} -> {db[section].get(key)!r}")
+            if da[section].get(key) != db.get(section, {}).get(key):
+                out.append(f"{dotted}: {da[section].get(key)!r} -> {db.get(section, {}).get(key)!r}")
     return out

@@ -118,8 +118,9 @@ def check_run_dir(run_dir: str, cfg, log) -> None:
     try:
         old = load_config(saved)
     except ConfigError as e:
-        raise ConfigError(f"{run_dir} holds a config.toml that no longer loads ({e}); "
-                          f"use another logging.run_dir") from None
+        raise ConfigError(f"{saved} is damaged or no longer loads ({e}); the checkpoints are intact and carry their "
+                          f"own config: `mv {saved} {saved}.damaged` and rerun the same command, which then checks "
+                          f"this run's config against the newest checkpoint's") from None
     changed = differences(old, cfg)
     if not changed:
         return
@@ -142,6 +143,12 @@ def check_checkpoint_fits(state: dict, path: str, mcfg, cfg) -> None:
     if changed:
         raise CheckpointError(f"{path} was written for a different model ({', '.join(changed)}); resume with the "
                               f"same model settings, or use another --logging.run_dir")
+    if not os.path.exists(os.path.join(cfg.logging.run_dir, "config.toml")) and isinstance(state.get("config"), dict):
+        changed = differences(state["config"], cfg)  # no config.toml beside the checkpoints: compare with theirs
+        if changed and not cfg.checkpoint.allow_config_change:
+            raise ConfigError(f"{path} was written by a different run ({'; '.join(changed[:3])}"
+                              f"{' ...' if len(changed) > 3 else ''}); use another --logging.run_dir, or pass "
+                              f"--checkpoint.allow_config_change=true to continue it")
     saved_opt = (state.get("config") or {}).get("optimizer") or {}
     saved_method = saved_opt.get("method") or saved_opt.get("name")  # older checkpoints: name was the method
     if saved_method != cfg.optimizer.method:
@@ -259,7 +266,7 @@ def lock_run_dir(run_dir: str) -> None:
     if key in _LOCKS:
         return
     path = os.path.join(run_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     with os.fdopen(os.dup(fd), "r", encoding="utf-8", errors="replace") as f:
         holder = f.read().strip()
     fields = dict(kv.split("=", 1) for kv in holder.split() if "=" in kv)
@@ -288,9 +295,26 @@ def unlock_run_dir(run_dir: str) -> None:
         os.close(fd)  # closing the last descriptor releases the flock
 
 
+# Files a run writes into its run directory by name (checkpoints are written to a temporary name and renamed).
+WRITTEN_FILES = (LOCK_FILE, "config.toml", "metrics.jsonl", "metrics.jsonl.old", "final.json")
+
+
+def check_no_symlinks(run_dir: str) -> None:
+    """A file the run writes must not be a symlink: writing through it would overwrite whatever it points to."""
+    for name in WRITTEN_FILES:
+        path = os.path.join(run_dir, name)
+        if os.path.islink(path):
+            raise RunDirError(f"{path} is a symlink (to {os.readlink(path)}); a run writes that file, so it would "
+                              f"overwrite the target: remove the link, or use another --logging.run_dir")
+
+
 def prepare_run_dir(cfg, bad_checkpoints, log) -> None:
     """Rank 0, once every check has passed: the first writes into the run directory, the lock first."""
     run_dir = cfg.logging.run_dir
+    if os.path.islink(run_dir.rstrip(os.sep)):  # allowed (a run dir on a scratch disk), but said where it writes
+        log(f"note: {run_dir} is a symlink; the run writes into {os.path.realpath(run_dir)}")
+    if os.path.isdir(run_dir):
+        check_no_symlinks(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     lock_run_dir(run_dir)
     for path, problem in bad_checkpoints:

@@ -868,11 +868,47 @@ def test_bad_inputs_give_one_line_and_change_nothing(byte_data, good_run, tmp_pa
 # ----------------------------------------------------------------------------- security
 
 
-def test_malicious_pickle_is_refused_even_with_a_valid_checksum(tmp_path):
+def test_a_symlink_in_the_run_dir_is_never_written_through(byte_data, good_run, tmp_path):
+    """metrics.jsonl (or .lock, config.toml, final.json) as a symlink to another file: the run refuses in one line
+    and the target is untouched (appending to metrics.jsonl would have written into it)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    for name in ("metrics.jsonl", ".lock"):
+        run_dir = str(tmp_path / f"run_{name}")
+        shutil.copytree(good_run, run_dir)
+        if os.path.exists(os.path.join(run_dir, name)):
+            os.remove(os.path.join(run_dir, name))
+        os.symlink(victim, os.path.join(run_dir, name))
+        line = one_error_line(train(byte_data, run_dir, "--train.max_steps=4"))
+        assert "is a symlink" in line and name in line, line
+        assert victim.read_text() == "precious\n"
+
+
+def test_a_damaged_config_toml_names_the_command_that_works(byte_data, good_run, tmp_path):
+    """A damaged config.toml beside good checkpoints: one line giving the command; after it, the run resumes, and
+    its config is checked against the checkpoint's own (a changed lr is still refused)."""
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(good_run, run_dir)
+    saved = os.path.join(run_dir, "config.toml")
+    open(saved, "w").write("[train\nmax_steps = ")
+    line = one_error_line(train(byte_data, run_dir, "--train.max_steps=6"))
+    assert f"mv {saved} {saved}.damaged" in line, line
+    os.replace(saved, saved + ".damaged")
+    refused = one_error_line(train(byte_data, run_dir, "--train.max_steps=6", "--optimizer.lr=0.5"))
+    assert "written by a different run" in refused and "optimizer.lr" in refused, refused
+    proc = ok(train(byte_data, run_dir, "--train.max_steps=4"))  # the run's own config: a finished run, resumed
+    assert "holds a finished run" in proc.stdout or "resumed from step 4" in proc.stdout
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_malicious_pickle_is_refused_even_with_a_valid_checksum(tmp_path, nested):
+    """Also when the payload hides in a nested container next to real tensors (model -> list -> dict)."""
     sentinel = str(tmp_path / "PWNED")
     path = ckpt.checkpoint_path(str(tmp_path), 3)
     buf = __import__("io").BytesIO()
-    torch.save({"model": {"w": torch.zeros(2)}, "step": 3, "payload": Evil(sentinel)}, buf)
+    payload = {"model": {"w": [torch.zeros(2), {"x": Evil(sentinel)}]}, "step": 3} if nested else \
+        {"model": {"w": torch.zeros(2)}, "step": 3, "payload": Evil(sentinel)}
+    torch.save(payload, buf)
     _write_with_marker(path, buf.getvalue())
     assert ckpt.checkpoint_problem(path) is None  # the checksum is fine: only weights_only stops it
     with pytest.raises(CheckpointError, match="safe loading refuses.*posix.system"):
