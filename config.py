@@ -61,6 +61,7 @@ class ModelSection:
 class DataSection:
     dir: str = "data/shakespeare"  # a directory written by `python -m data.prepare`
     val_tokens: int = 65536  # the fixed validation set: the first val_tokens tokens of the val split
+    format: str = "auto"  # "auto" | "llmc" (1024-byte header shards) | "nanogpt" (headerless uint16 train/val.bin)
 
 
 @dataclass
@@ -128,6 +129,7 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
 CHOICES = {
     "model.arch": ("gpt2", "llama"),
+    "data.format": ("auto", "llmc", "nanogpt"),
     "schedule.kind": ("cosine", "wsd", "constant"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.dtype": ("auto", "float32", "bfloat16"),

@@ -232,8 +232,10 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
 
     # ---- data. Setup reads and checks everything (data, run dir, checkpoint) before writing anything, so bad input
     # leaves the run directory exactly as it was; under DDP every rank raises the same error (resume.agree).
-    train_ds, val_ds = resume.agree(ddp, lambda: (TokenDataset(cfg.data.dir, "train", seq_len, mcfg.vocab_size),
-                                                  TokenDataset(cfg.data.dir, "val", seq_len, mcfg.vocab_size)))
+    train_ds, val_ds = resume.agree(ddp, lambda: tuple(
+        TokenDataset(cfg.data.dir, split, seq_len, mcfg.vocab_size, cfg.data.format) for split in ("train", "val")))
+    for note in dict.fromkeys(train_ds.notes + val_ds.notes):
+        log(f"note: {note}")
     val_set = val_batches(val_ds, cfg.data.val_tokens, micro_batch, rank, world_size)
 
     dtype, autocast = precision(tc.dtype, device_type)

@@ -16,12 +16,13 @@ or running with another number of processes, sees the same global batches.
 """
 
 import glob
+import json
 import os
 
 import numpy as np
 import torch
 
-from data.shards import read_tokens
+from data.shards import MAGIC, NANOGPT_NAMES, read_tokens
 from errors import ConfigError, DataError
 
 SPLITS = ("train", "val")
@@ -31,9 +32,12 @@ def find_shards(data_dir: str, split: str) -> list:
     """Sorted paths of the `split` shards in `data_dir` (*{split}*.bin, which includes nanoGPT's {split}.bin)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"data directory {data_dir} is a file, not a directory; set data.dir to the directory "
+                        f"that holds the shards")
     if not os.path.isdir(data_dir):
-        raise DataError(f"data directory {data_dir} does not exist; create it with `python -m data.prepare "
-                        f"shakespeare --out {data_dir}` (or another source), or fix data.dir")
+        raise DataError(f"data directory {data_dir} does not exist (from {os.getcwd()}); create it with "
+                        f"`python -m data.prepare shakespeare --out {data_dir}` (or another source), or fix data.dir")
     other = SPLITS[1 - SPLITS.index(split)]
     paths = sorted(glob.glob(os.path.join(glob.escape(data_dir), f"*{split}*.bin")))
     ambiguous = [p for p in paths if other in os.path.basename(p)]
@@ -45,18 +49,56 @@ def find_shards(data_dir: str, split: str) -> list:
     return paths
 
 
+def check_one_format(data_dir: str) -> None:
+    """A directory must not mix llm.c shards with nanoGPT's headerless train.bin/val.bin (they would be read as one
+    split, the nanoGPT file's tokens appended to the shards')."""
+    shards, nanogpt = [], []
+    for path in sorted(glob.glob(os.path.join(glob.escape(data_dir), "*.bin"))):
+        if not os.path.isfile(path):
+            continue  # read_tokens names it
+        with open(path, "rb") as f:
+            magic = np.frombuffer(f.read(4).ljust(4, b"\0"), dtype="<i4")[0]
+        (shards if magic == MAGIC else nanogpt if os.path.basename(path) in NANOGPT_NAMES else []).append(path)
+    if shards and nanogpt:
+        raise DataError(f"{data_dir} mixes llm.c shards ({os.path.basename(shards[0])}) and nanoGPT's headerless "
+                        f"{os.path.basename(nanogpt[0])}; keep one format per directory (move the other files out)")
+
+
+def tokenizer_vocab(data_dir: str) -> tuple[int | None, str]:
+    """(the tokenizer's vocabulary size recorded in data_dir/meta.json, how to name it), or (None, why not)."""
+    try:
+        with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
+            tok = json.load(f)["tokenizer"]
+        return int(tok["n_vocab"]), f"its tokenizer ({tok.get('name', '?')}, {tok['n_vocab']} tokens, meta.json)"
+    except FileNotFoundError:
+        return None, "it has no meta.json"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, "its meta.json names no tokenizer size"
+
+
 class TokenDataset:
     """One split of a data directory, cut into windows of seq_len + 1 tokens (see the module docstring).
 
-    Validates every shard on construction (header, size, every token id < vocab_size) and raises DataError.
+    Validates every shard on construction (format, header, size, every token id < vocab_size, and < the tokenizer's
+    own size when meta.json records it) and raises DataError. `notes` lists the checks that could not be made.
     """
 
-    def __init__(self, data_dir: str, split: str, seq_len: int, vocab_size: int):
+    def __init__(self, data_dir: str, split: str, seq_len: int, vocab_size: int, fmt: str = "auto"):
         if seq_len < 1:
             raise ConfigError(f"sequence length {seq_len} must be positive")
         self.data_dir, self.split, self.seq_len, self.vocab_size = data_dir, split, seq_len, vocab_size
         self.paths = find_shards(data_dir, split)
-        self.shards = [read_tokens(p, vocab_size) for p in self.paths]
+        if fmt == "auto":
+            check_one_format(data_dir)
+        n_vocab, source = tokenizer_vocab(data_dir)
+        self.notes = []
+        if n_vocab is not None and n_vocab < vocab_size:  # GPT-2's 50257 below the padded 50304
+            self.shards = [read_tokens(p, n_vocab, fmt, why=source) for p in self.paths]
+        else:
+            self.shards = [read_tokens(p, vocab_size, fmt) for p in self.paths]
+            if n_vocab is None:
+                self.notes.append(f"{data_dir}: {source}, so token ids were checked against model.vocab_size "
+                                  f"{vocab_size} only, not against the tokenizer's own size")
         counts = np.array([(len(s) - 1) // seq_len for s in self.shards], dtype=np.int64)
         # starts[k] = index of shard k's first window in the split's numbering
         self.starts = np.concatenate([[0], np.cumsum(counts)])

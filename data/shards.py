@@ -6,9 +6,13 @@ Two on-disk formats hold a flat stream of GPT-2 token ids as little-endian uint1
    a 256 x int32 header (1024 bytes) = [magic 20240520, version 1, token count, 0 ...], then the tokens.
 2. nanoGPT's `train.bin` / `val.bin` (`data/openwebtext/prepare.py`): the tokens only, no header.
 
-A file that starts with the magic is an llm.c shard (its version and size are checked). Otherwise it is read as
-headerless only when named exactly `train.bin` or `val.bin` (nanoGPT's names); every other `.bin` file must carry
-the header. That keeps a corrupt llm.c shard from being silently read as a stream of garbage tokens.
+`data.format` chooses: "llmc" (every file must carry the header), "nanogpt" (headerless, whatever the first bytes),
+or "auto": a file that starts with the magic is an llm.c shard (its version and size are checked); otherwise it is
+read as headerless only when named exactly `train.bin` or `val.bin` (nanoGPT's names), and every other `.bin` file
+must carry the header. Auto-detection refuses what it cannot tell apart, naming the setting that decides: a
+train.bin whose first 1024 bytes look like an llm.c header with a damaged magic (its ints 3-255 are zero), and a
+file that looks like uint32 tokens (every second uint16 of its first million is 0). That keeps a corrupt llm.c
+shard, or a uint32 file, from being silently read as a stream of garbage tokens.
 """
 
 import os
@@ -43,14 +47,22 @@ def write_shard(path: str, tokens) -> None:
     atomic_write(path, lambda f: (f.write(header.tobytes()), f.write(toks.astype("<u2", copy=False).tobytes())))
 
 
-def shard_layout(path: str) -> tuple[int, int]:
+FORMATS = ("auto", "llmc", "nanogpt")
+_UINT32_PROBE = 1 << 20  # uint16 words read to tell uint32 tokens from uint16 ones
+
+
+def shard_layout(path: str, fmt: str = "auto") -> tuple[int, int]:
     """Validate the file at `path` and return (byte offset of the first token, number of tokens)."""
+    if os.path.isdir(path):
+        raise DataError(f"token file {path} is a directory, not a file; point data.dir at the directory holding it")
     if not os.path.isfile(path):
         raise DataError(f"token file {path} does not exist; run `python -m data.prepare` to create it")
     size = os.path.getsize(path)
+    if fmt == "nanogpt":
+        return _headerless(path, size)
     header = None
     if size >= HEADER_BYTES:
-        header = np.fromfile(path, dtype="<i4", count=3)
+        header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
     # The magic decides: a nanoGPT file would have to start with the token pair (55432, 308) to look like a
     # header, so a file that carries the magic is an llm.c shard whatever its name, and is checked as one.
     if header is not None and header[0] == MAGIC:
@@ -65,7 +77,16 @@ def shard_layout(path: str) -> tuple[int, int]:
         if n == 0:
             raise DataError(f"{path} holds no tokens; delete it or re-create the data with `python -m data.prepare`")
         return HEADER_BYTES, n
+    if fmt == "llmc":
+        raise DataError(f"{path} is not an llm.c shard (it does not start with the magic {MAGIC}) but data.format = "
+                        f"'llmc'; re-create it with `python -m data.prepare`, or set --data.format=nanogpt if it is "
+                        f"a headerless nanoGPT file")
     if os.path.basename(path) in NANOGPT_NAMES:
+        if header is not None and not header[3:].any() and header[1] == VERSION:
+            raise DataError(f"{path} looks like an llm.c shard whose magic number is damaged (found {int(header[0])}, "
+                            f"then version {int(header[1])} and a zero-filled header), not like nanoGPT tokens; "
+                            f"re-create it with `python -m data.prepare`, or set --data.format=nanogpt if it is a "
+                            f"nanoGPT file")
         return _headerless(path, size)
     raise DataError(f"{path} does not start with the llm.c shard magic {MAGIC} (found "
                     f"{'a file shorter than the 1024-byte header' if header is None else int(header[0])}); "
@@ -79,19 +100,24 @@ def _headerless(path: str, size: int) -> tuple[int, int]:
                         f"re-create it with `python -m data.prepare`")
     if size == 0:
         raise DataError(f"{path} is empty; delete it or re-create the data with `python -m data.prepare`")
+    probe = np.fromfile(path, dtype="<u2", count=min(size // 2, _UINT32_PROBE))
+    if len(probe) >= 64 and not probe[1::2].any() and probe[0::2].any():
+        raise DataError(f"{path} looks like uint32 tokens (every second uint16 is 0), but nanoGPT .bin files hold "
+                        f"uint16; convert it (np.fromfile(p, np.uint32).astype(np.uint16).tofile(p)) or re-create "
+                        f"it with `python -m data.prepare`")
     return 0, size // 2
 
 
-def read_tokens(path: str, vocab_size: int | None = None) -> np.memmap:
+def read_tokens(path: str, vocab_size: int | None = None, fmt: str = "auto", why: str | None = None) -> np.memmap:
     """Memory-map the tokens of an llm.c shard or a nanoGPT .bin file as a read-only uint16 array.
 
     With `vocab_size`, also check that every token id is < vocab_size (a chunked scan for the maximum, so a
-    multi-GB shard costs one sequential read and no extra memory).
+    multi-GB shard costs one sequential read and no extra memory); `why` says where that bound comes from.
     """
-    offset, n = shard_layout(path)
+    offset, n = shard_layout(path, fmt)
     tokens = np.memmap(path, dtype="<u2", mode="r", offset=offset, shape=(n,))
     if vocab_size is not None:
-        check_vocab(tokens, vocab_size, path)
+        check_vocab(tokens, vocab_size, path, why)
     return tokens
 
 
@@ -100,9 +126,12 @@ def max_token(tokens: np.ndarray) -> int:
     return max(int(tokens[i:i + _SCAN_CHUNK].max()) for i in range(0, len(tokens), _SCAN_CHUNK))
 
 
-def check_vocab(tokens: np.ndarray, vocab_size: int, path: str) -> None:
+def check_vocab(tokens: np.ndarray, vocab_size: int, path: str, why: str | None = None) -> None:
     """Raise DataError if some id in `tokens` (read from `path`) is >= vocab_size."""
     top = max_token(tokens)
     if top >= vocab_size:
+        if why:
+            raise DataError(f"{path} holds token id {top}, but {why} cannot produce ids >= {vocab_size}; the file is "
+                            f"foreign or corrupt, re-create it with `python -m data.prepare`")
         raise DataError(f"{path} holds token id {top}, but the model's vocab_size is {vocab_size}; the data was "
                         f"made with another tokenizer, or raise model.vocab_size to at least {top + 1}")

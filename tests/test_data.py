@@ -461,3 +461,76 @@ def test_loader_errors(tmp_path):
     d = make_split(tmp_path, [100], name="big")
     with pytest.raises(DataError, match="holds token id 99"):
         TokenDataset(d, "train", 8, 99)
+
+
+# ---- formats told apart, and the tokenizer's own vocabulary
+
+
+def _llmc_dir(tmp_path, name, tokens, meta_vocab=None):
+    from data.shards import write_shard
+
+    d = tmp_path / name
+    d.mkdir()
+    write_shard(str(d / "x_train_000000.bin"), tokens)
+    write_shard(str(d / "x_val_000000.bin"), tokens)
+    if meta_vocab:
+        (d / "meta.json").write_text(json.dumps({"tokenizer": {"name": "gpt2", "n_vocab": meta_vocab}}))
+    return str(d)
+
+
+def test_an_id_the_tokenizer_cannot_produce_is_refused(tmp_path):
+    """An id in [50257, 50304): below the padded model vocabulary, but GPT-2's BPE (meta.json) cannot produce it."""
+    tokens = np.arange(1000, dtype=np.uint16)
+    tokens[500] = 50260
+    d = _llmc_dir(tmp_path, "foreign", tokens, meta_vocab=50257)
+    with pytest.raises(DataError, match=r"50260.*gpt2, 50257 tokens, meta.json.*cannot produce ids >= 50257"):
+        TokenDataset(d, "train", 8, 50304)
+    ok = _llmc_dir(tmp_path, "nometa", tokens)  # without meta.json only the model's bound applies, with a note
+    ds = TokenDataset(ok, "train", 8, 50304)
+    assert ds.notes and "no meta.json" in ds.notes[0] and "model.vocab_size 50304 only" in ds.notes[0]
+
+
+def test_auto_detection_refuses_what_it_cannot_tell_apart(tmp_path):
+    from data.shards import write_shard
+
+    tokens = np.arange(2000, dtype=np.uint16) % 50000
+    # a train.bin that is an llm.c shard with a damaged magic: not read as headerless tokens
+    d = tmp_path / "damaged"
+    d.mkdir()
+    write_shard(str(d / "train.bin"), tokens)
+    data = bytearray((d / "train.bin").read_bytes())
+    data[0] ^= 0xFF
+    (d / "train.bin").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="looks like an llm.c shard whose magic number is damaged.*data.format=nanogpt"):
+        TokenDataset(str(d), "train", 8, 50304)
+    assert TokenDataset(str(d), "train", 8, 65536, fmt="nanogpt").n_tokens == len(data) // 2  # the user decides
+    # uint32 tokens in a nanoGPT-named file
+    u = tmp_path / "uint32"
+    u.mkdir()
+    tokens.astype(np.uint32).tofile(u / "train.bin")
+    with pytest.raises(DataError, match="looks like uint32 tokens"):
+        TokenDataset(str(u), "train", 8, 50304)
+    # a nanoGPT train.bin beside llm.c shards would be concatenated with them
+    m = tmp_path / "mixed"
+    m.mkdir()
+    write_shard(str(m / "x_train_000000.bin"), tokens)
+    tokens.tofile(m / "train.bin")
+    with pytest.raises(DataError, match="mixes llm.c shards .* and nanoGPT's headerless train.bin"):
+        TokenDataset(str(m), "train", 8, 50304)
+    # data.format = "llmc" refuses a headerless file outright
+    h = tmp_path / "headerless"
+    h.mkdir()
+    tokens.tofile(h / "train.bin")
+    with pytest.raises(DataError, match="is not an llm.c shard .* data.format = 'llmc'"):
+        TokenDataset(str(h), "train", 8, 50304, fmt="llmc")
+    assert TokenDataset(str(h), "train", 8, 50304).n_tokens == 2000  # auto: nanoGPT's name, no header
+
+
+def test_paths_that_are_the_wrong_kind_say_so(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(DataError, match="is a file, not a directory"):
+        TokenDataset(str(tmp_path / "a_file"), "train", 8, 50304)
+    d = tmp_path / "d"
+    (d / "x_train_000000.bin").mkdir(parents=True)
+    with pytest.raises(DataError, match="is a directory, not a file"):
+        TokenDataset(str(d), "train", 8, 50304)
