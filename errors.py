@@ -30,9 +30,20 @@ class RunDirError(NanoptimError):
     """The run directory cannot be written: disk full, quota, read-only filesystem, permissions."""
 
 
+class Interrupted(NanoptimError):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's notice): the run stopped at a step boundary with a checkpoint.
+    Exit code 128 + the signal number (130, 143), as a shell reports a process the signal ended."""
+
+    prefix = "stopped"
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 # By class name: an error raised on one rank (or in an earlier torchrun attempt) is re-raised as the same class.
 ERRORS = {cls.__name__: cls for cls in (NanoptimError, ConfigError, DataError, CheckpointError, NonFiniteError,
-                                        RunDirError)}
+                                        RunDirError, Interrupted)}
 
 
 def main_guard(main):
@@ -42,5 +53,5 @@ def main_guard(main):
     try:
         return main()
     except NanoptimError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(f"{getattr(e, 'prefix', 'error')}: {e}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))

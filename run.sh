@@ -60,12 +60,28 @@ NANOPTIM_FATAL_FILE=$(mktemp -u "${TMPDIR:-/tmp}/nanoptim-fatal.XXXXXXXX")
 export NANOPTIM_FATAL_FILE
 trap 'rm -f "$NANOPTIM_FATAL_FILE"' EXIT
 
+# Run a command in the background and wait for it, forwarding SIGTERM (kill, SLURM, Kubernetes) to it, so that killing
+# run.sh never leaves training running on its own. Ctrl-C reaches the child directly (same process group); run.sh
+# only keeps waiting for it to checkpoint and exit. Returns the command's exit code.
+run_forwarding() {
+  "$@" &
+  local child=$! code=0
+  trap 'kill -TERM "$child" 2>/dev/null' TERM
+  trap ':' INT
+  while true; do
+    wait "$child" && code=0 || code=$?
+    kill -0 "$child" 2>/dev/null || break  # a trapped signal interrupted `wait`: the child still runs, wait again
+  done
+  trap - TERM INT
+  return "$code"
+}
+
 rc=0
 if [ "$NPROC" -eq 1 ] && [ "$NNODES" -eq 1 ]; then
   attempt=0
   while true; do
     rc=0
-    $PY train.py "$CONFIG" "${OVERRIDES[@]}" || rc=$?
+    run_forwarding $PY train.py "$CONFIG" "${OVERRIDES[@]}" || rc=$?
     # 0 done, 2 user error (one line already printed), 130/143 interrupted by the user or the scheduler
     case $rc in 0|2|130|143) break ;; esac
     [ "$attempt" -lt "$MAX_RESTARTS" ] || break
@@ -79,11 +95,17 @@ else
     RDZV=(--nnodes="$NNODES" --node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}"
           --master_port="${MASTER_PORT:-29500}")
   fi
-  $PY -m torch.distributed.run "${RDZV[@]}" --nproc_per_node="$NPROC" --max-restarts="$MAX_RESTARTS" \
+  run_forwarding $PY -m torch.distributed.run "${RDZV[@]}" --nproc_per_node="$NPROC" --max-restarts="$MAX_RESTARTS" \
     train.py "$CONFIG" "${OVERRIDES[@]}" || rc=$?
   if [ "$rc" -ne 0 ] && [ -f "$NANOPTIM_FATAL_FILE" ]; then
-    echo "error: $(cut -d' ' -f2- "$NANOPTIM_FATAL_FILE" | head -n 1)" >&2
-    rc=2
+    read -r kind message < "$NANOPTIM_FATAL_FILE"
+    if [ "$kind" = Interrupted ]; then  # a signal stopped the workers at a checkpoint: not an error, not retried
+      echo "stopped: $message" >&2
+      case $message in SIGTERM*) rc=143 ;; *) rc=130 ;; esac
+    else
+      echo "error: $message" >&2
+      rc=2
+    fi
   fi
 fi
 [ "$rc" -eq 0 ] || exit "$rc"

@@ -27,6 +27,7 @@ import errno
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -38,7 +39,7 @@ import resume
 from atomic import atomic_write
 from config import load_config, to_dict, to_toml
 from data.loader import TokenDataset, train_batch, val_batches
-from errors import ERRORS, ConfigError, NanoptimError, NonFiniteError, RunDirError, main_guard
+from errors import ERRORS, ConfigError, Interrupted, NanoptimError, NonFiniteError, RunDirError, main_guard
 from flops import FlopsCounter, mfu, model_flops_per_token
 from metrics import MetricsLogger
 from model import GPT, model_config
@@ -208,20 +209,45 @@ def forward_backward(model, train_ds, tc, step: int, rank: int, world_size: int,
     return loss_sum.item() / accum
 
 
+class StopRequest:
+    """A signal handler for SIGINT (Ctrl-C) and SIGTERM (schedulers' preemption notice): the first one lets the current
+    step finish, then the run checkpoints, prints one line and exits 128 + signal; a second one exits at once."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self, signum, frame):
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def agreed(self, ddp: bool, device) -> int | None:
+        """The signal to stop for, the same on every rank (one ran out of time = all stop at this step)."""
+        if not ddp:
+            return self.signum
+        flag = torch.tensor([float(self.signum or 0)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+
 def train(cfg, log=print) -> dict:
     ddp, rank, local_rank, world_size, device = setup_distributed(cfg.train.device)
     master = rank == 0
     if not master:
         log = lambda *a, **k: None
+    stop = StopRequest()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _train(cfg, ddp, rank, world_size, device, master, log)
+        return _train(cfg, ddp, rank, world_size, device, master, log, stop)
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         resume.unlock_run_dir(cfg.logging.run_dir)
         if ddp:
             dist.destroy_process_group()
 
 
-def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
+def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
     t_start = time.time()
     tc, run_dir, device_type = cfg.train, cfg.logging.run_dir, device.type
     m = cfg.model
@@ -310,13 +336,18 @@ def _train(cfg, ddp, rank, world_size, device, master, log) -> dict:
 
         done = step + 1
         checkpoint_due = cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0
+        signum = stop.agreed(ddp, device)  # SIGINT / SIGTERM since the last step
         if checkpoint_due and done < max_steps:
             save(done)
-        if tc.stop_after and done - run.start_step >= tc.stop_after and done < max_steps:
+        if (signum or tc.stop_after and done - run.start_step >= tc.stop_after) and done < max_steps:
             if not checkpoint_due:
                 save(done)
-            log(f"stopping after {tc.stop_after} steps in this invocation (train.stop_after); rerun to continue")
             logger.finish(None)
+            if signum:
+                raise Interrupted(f"{signal.Signals(signum).name} after step {done}: checkpoint "
+                                  f"{os.path.join(run_dir, f'ckpt_{done:08d}.pt')} written; rerun the same command "
+                                  f"to resume", signum)
+            log(f"stopping after {tc.stop_after} steps in this invocation (train.stop_after); rerun to continue")
             return dict(steps=done, stopped_early=True)
 
     # ---- the end: a final evaluation and checkpoint, and final.json (the run's completion marker)
@@ -361,7 +392,10 @@ def _check_earlier_fatal_error() -> None:
     if path and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and os.path.isfile(path):
         with open(path, encoding="utf-8", errors="replace") as f:
             kind, _, message = f.read().strip().partition(" ")
-        raise ERRORS.get(kind, NanoptimError)(f"{message} (an earlier attempt stopped on this; not retried)")
+        message = f"{message} (an earlier attempt stopped on this; not retried)"
+        if kind == Interrupted.__name__:
+            raise Interrupted(message, signal.SIGTERM if message.startswith("SIGTERM") else signal.SIGINT)
+        raise ERRORS.get(kind, NanoptimError)(message)
 
 
 def _record_fatal_error(e: NanoptimError) -> None:

@@ -470,6 +470,56 @@ def test_resume_with_another_world_size(byte_data, tmp_path, optimizer):
 # ----------------------------------------------------------------------------- non-finite loss / gradients
 
 
+# ----------------------------------------------------------------------------- signals
+
+
+def _wait_for_step(proc, k):
+    for line in proc.stdout:
+        if line.startswith(f"step {k}/"):
+            return
+    raise AssertionError("the run ended before step %d" % k)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_at_a_step_with_a_checkpoint(byte_data, reference, tmp_path, sig, code):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM: the current step finishes, a checkpoint of it is written, one line
+    is printed, exit 130 / 143; rerunning the same command resumes from it and ends bit-identical."""
+    run_dir = str(tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, "train.py", *args(byte_data, run_dir)], cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for_step(proc, 5)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, (proc.returncode, err[-2000:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"stopped: {signal.Signals(sig).name} after step "), err
+    step = int(re.search(r"after step (\d+)", lines[0]).group(1))
+    assert os.path.exists(ckpt.checkpoint_path(run_dir, step)) and "Traceback" not in err
+    again = ok(train(byte_data, run_dir))
+    assert f"resumed from step {step} " in again.stdout
+    assert_bit_identical(run_dir, reference)
+
+
+def test_killing_run_sh_stops_its_worker_and_is_not_restarted(byte_data, tmp_path):
+    """SIGTERM to run.sh alone (what `kill` or Kubernetes does): it reaches train.py, which checkpoints and exits
+    143; run.sh does not restart it and leaves no worker training in the background."""
+    run_dir = str(tmp_path / "run")
+    proc = subprocess.Popen(["bash", "run.sh", *args(byte_data, run_dir, "--train.max_steps=400")], cwd=ROOT,
+                            env=env(NPROC="1", PYTHON=sys.executable), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_step(proc, 3)
+        os.kill(proc.pid, signal.SIGTERM)  # run.sh only, not its process group
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, (proc.returncode, out[-1500:], err[-1500:])
+    assert "restart" not in out and "stopped: SIGTERM after step" in err, (out[-1500:], err[-1500:])
+    left = subprocess.run(["pgrep", "-f", run_dir], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes still running for {run_dir}: {left}"
+
+
 # ----------------------------------------------------------------------------- one writer per run dir
 
 
