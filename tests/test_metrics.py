@@ -275,3 +275,14 @@ def test_real_wandb_offline_without_network(tmp_path, monkeypatch, no_key):
     assert len(offline) == 1
     assert any(f.endswith(".wandb") for f in os.listdir(tmp_path / "wandb" / offline[0]))
     assert [r["kind"] for r in read_records(tmp_path / "metrics.jsonl")][-1] == "summary"
+
+
+def test_resume_with_the_history_deleted_warns(tmp_path):
+    """metrics.jsonl deleted beside a checkpoint: the resume says the history is lost instead of starting silently."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.warns(UserWarning, match="missing or empty: the history before step 6 is lost"):
+        lg = MetricsLogger(str(run_dir), CONFIG, resume_step=5)
+    lg.finish(None)
+    kinds = [r["kind"] for r in read_records(run_dir / "metrics.jsonl")]
+    assert kinds[:2] == ["config", "resume"]
