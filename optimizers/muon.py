@@ -27,6 +27,13 @@ from .newton_schulz import check_ns_args, rms_match_scale
 SCALINGS = ("original", "match_rms_adamw")
 
 
+def momentum_step(bufs, grads, mu: float, nesterov: bool):
+    """Muon's momentum on lists of tensors: B ← μ·B + (1−μ)·g; returns the NS input, (1−μ)·g + μ·B with Nesterov,
+    else B (shared with NorMuon)."""
+    torch._foreach_lerp_(bufs, grads, 1.0 - mu)
+    return torch._foreach_lerp(grads, bufs, mu) if nesterov else bufs
+
+
 def scale_factor(scaling: str, rows: int, cols: int) -> float:
     """Multiplier of the NS output for a (rows, cols) matrix (see the module docstring)."""
     if scaling == "original":
@@ -69,9 +76,7 @@ class Muon(HybridOptimizer):
     def _step(self, groups):
         ns_inputs, params = [], []
         for group, ps, grads, bufs in self._groups_with_grads(groups, "momentum_buffer"):
-            mu = group["momentum"]
-            torch._foreach_lerp_(bufs, grads, 1.0 - mu)
-            updates = torch._foreach_lerp(grads, bufs, mu) if group["nesterov"] else bufs
+            updates = momentum_step(bufs, grads, group["momentum"], group["nesterov"])
             ns_inputs += [(group, u) for u in updates]
             params += ps
         outs = self._orthogonalize(ns_inputs)

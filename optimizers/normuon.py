@@ -61,6 +61,7 @@ import math
 import torch
 
 from .base import HybridOptimizer, check_choice, check_number
+from .muon import momentum_step
 from .muon import scale_factor as muon_scale_factor
 from .newton_schulz import check_ns_args, matrix_shape
 
@@ -141,9 +142,7 @@ class NorMuon(HybridOptimizer):
     def _step(self, groups):
         ns_inputs, params = [], []
         for group, ps, grads, bufs in self._groups_with_grads(groups, "momentum_buffer"):
-            mu = group["momentum"]
-            torch._foreach_lerp_(bufs, grads, 1.0 - mu)
-            updates = torch._foreach_lerp(grads, bufs, mu) if group["nesterov"] else bufs
+            updates = momentum_step(bufs, grads, group["momentum"], group["nesterov"])
             ns_inputs += [(group, u) for u in updates]
             params += ps
         outs = [normalize_neurons(o, self._variance(p), g["beta2"], g["eps"])
