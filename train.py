@@ -23,7 +23,6 @@ reported in one line; and bad input (config, data, checkpoint, run directory) is
 
 import argparse
 import contextlib
-import errno
 import json
 import math
 import os
@@ -35,11 +34,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import launch
 import resume
 from atomic import atomic_write
 from config import load_config, to_dict, to_toml
 from data.loader import TokenDataset, train_batch, val_batches
-from errors import ERRORS, ConfigError, Interrupted, NanoptimError, NonFiniteError, RunDirError, main_guard
+from errors import ConfigError, Interrupted, NanoptimError, NonFiniteError, main_guard
 from flops import FlopsCounter, mfu, model_flops_per_token
 from metrics import MetricsLogger
 from model import GPT, model_config
@@ -48,10 +48,6 @@ from optimizers import build_optimizer
 # train.nonfinite = "skip" gives up after this many skipped steps in a row: a run that cannot take a single good
 # step any more (e.g. fp overflow on every batch) should stop at its last good checkpoint, not spin to max_steps.
 MAX_SKIPS_IN_A_ROW = 10
-# Set by run.sh under torchrun: where a worker records a user error, so that torchrun's restart (meant for crashes)
-# fails at once instead of re-running a deterministic failure --max-restarts times.
-FATAL_FILE_ENV = "NANOPTIM_FATAL_FILE"
-
 
 def lr_factor(step: int, s, max_steps: int) -> float:
     """The schedule's multiplier of every group's base lr at `step` (0-based).
@@ -72,30 +68,6 @@ def lr_factor(step: int, s, max_steps: int) -> float:
     if step < decay_start:
         return 1.0
     return 1.0 - (1.0 - s.min_lr_ratio) * min(1.0, (step - decay_start + 1) / decay_steps)
-
-
-def setup_distributed(device_choice: str):
-    """(ddp, rank, local_rank, world_size, device). torchrun sets RANK/LOCAL_RANK/WORLD_SIZE."""
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    use_cuda = torch.cuda.is_available() if device_choice == "auto" else device_choice == "cuda"
-    if device_choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device = 'cuda' but no CUDA GPU is visible; use --train.device=cpu or auto")
-    if not ddp:
-        return False, 0, 0, 1, torch.device("cuda" if use_cuda else "cpu")
-    rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    # torchrun's restarts (--max-restarts) reuse its TCP store, and the process group's keys (each rank's address)
-    # are not namespaced per attempt: a restarted rank could read a dead rank's address from the previous attempt
-    # and fail to connect, or hang. So the store is namespaced by the attempt number here.
-    store, _, _ = next(dist.rendezvous("env://", rank, world_size))
-    store = dist.PrefixStore(f"nanoptim/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world_size,
-                            device_id=device if use_cuda else None)
-    return True, rank, local_rank, world_size, device
 
 
 def batch_layout(tc, seq_len: int, world_size: int) -> tuple[int, int]:
@@ -182,7 +154,7 @@ def build_and_resume(cfg, mcfg, device, ddp: bool, rank: int, master: bool, log)
         try:
             resume.prepare_run_dir(cfg, bad_checkpoints, log)
         except OSError as e:
-            raise (_run_dir_error(e, cfg.logging.run_dir) or e) from None
+            raise (launch.run_dir_error(e, cfg.logging.run_dir) or e) from None
 
     resume.from_master(ddp, master, prepare)
     model = torch.compile(raw_model) if cfg.train.compile else raw_model
@@ -209,33 +181,12 @@ def forward_backward(model, train_ds, tc, step: int, rank: int, world_size: int,
     return loss_sum.item() / accum
 
 
-class StopRequest:
-    """A signal handler for SIGINT (Ctrl-C) and SIGTERM (schedulers' preemption notice): the first one lets the current
-    step finish, then the run checkpoints, prints one line and exits 128 + signal; a second one exits at once."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __call__(self, signum, frame):
-        if self.signum is not None:
-            os._exit(128 + signum)
-        self.signum = signum
-
-    def agreed(self, ddp: bool, device) -> int | None:
-        """The signal to stop for, the same on every rank (one ran out of time = all stop at this step)."""
-        if not ddp:
-            return self.signum
-        flag = torch.tensor([float(self.signum or 0)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item()) or None
-
-
 def train(cfg, log=print) -> dict:
-    ddp, rank, local_rank, world_size, device = setup_distributed(cfg.train.device)
+    ddp, rank, local_rank, world_size, device = launch.setup_distributed(cfg.train.device)
     master = rank == 0
     if not master:
         log = lambda *a, **k: None
-    stop = StopRequest()
+    stop = launch.StopRequest()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _train(cfg, ddp, rank, world_size, device, master, log, stop)
@@ -385,48 +336,12 @@ def handle_nonfinite(run, step: int, train_loss: float, params, policy: str, ski
     log(f"step {step}: non-finite {what}, update skipped (train.nonfinite = skip; {run.skipped} skipped so far)")
 
 
-def _check_earlier_fatal_error() -> None:
-    """Under run.sh's torchrun, a restarted worker group whose previous attempt stopped on a user error (bad input,
-    non-finite loss, disk full) fails at once: restarting cannot fix it, only re-run it --max-restarts times."""
-    path = os.environ.get(FATAL_FILE_ENV)
-    if path and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and os.path.isfile(path):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            kind, _, message = f.read().strip().partition(" ")
-        message = f"{message} (an earlier attempt stopped on this; not retried)"
-        if kind == Interrupted.__name__:
-            raise Interrupted(message, signal.SIGTERM if message.startswith("SIGTERM") else signal.SIGINT)
-        raise ERRORS.get(kind, NanoptimError)(message)
-
-
-def _record_fatal_error(e: NanoptimError) -> None:
-    path = os.environ.get(FATAL_FILE_ENV)
-    if not path:
-        return
-    try:  # every rank may get here: a private tmp name per process, then an atomic rename
-        atomic_write(path, lambda f: f.write(f"{type(e).__name__} {e}\n".encode()),
-                                tmp=f"{path}.{os.getpid()}.tmp")
-    except OSError:
-        pass  # best effort: without it torchrun merely retries
-
-
-def _run_dir_error(e: OSError, run_dir: str) -> RunDirError | None:
-    """A one-line RunDirError for an OSError that means "the run directory cannot be written", else None."""
-    disk = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-    where = os.path.abspath(e.filename) if isinstance(e.filename, str) else None
-    inside = where is not None and where.startswith(os.path.abspath(run_dir) + os.sep)
-    if not (disk or (inside and e.errno in (errno.EACCES, errno.EPERM))):
-        return None
-    return RunDirError(f"could not write {where or 'to ' + run_dir} ({e.strerror or e}); every checkpoint written "
-                       f"so far is intact; free disk space or fix permissions of {run_dir}, then rerun the same "
-                       f"command to resume")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Overrides: --section.key=value, "
                                      "e.g. --optimizer.name=lion --train.max_steps=100")
     parser.add_argument("config", nargs="?", default=None, help="TOML config (default: configs/tiny_cpu.toml)")
     args, overrides = parser.parse_known_args(argv)
-    _check_earlier_fatal_error()
+    launch.check_earlier_fatal_error()
     try:
         cfg = load_config(args.config, overrides)
         if int(os.environ.get("RANK", 0)) == 0:
@@ -434,12 +349,12 @@ def main(argv=None):
         try:
             return train(cfg)
         except OSError as e:
-            err = _run_dir_error(e, cfg.logging.run_dir)
+            err = launch.run_dir_error(e, cfg.logging.run_dir)
             if err is None:
                 raise
             raise err from None
     except NanoptimError as e:
-        _record_fatal_error(e)
+        launch.record_fatal_error(e)
         raise
 
 

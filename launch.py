@@ -1,0 +1,99 @@
+"""What a train.py process needs around the training loop: torch.distributed setup, the SIGINT/SIGTERM handler,
+and the fatal-error file that keeps torchrun from restarting a deterministic failure (run.sh sets it), plus the
+translation of an unwritable run directory into one line.
+"""
+
+import errno
+import os
+import signal
+
+import torch
+import torch.distributed as dist
+
+from atomic import atomic_write
+from errors import ERRORS, ConfigError, Interrupted, NanoptimError, RunDirError
+
+# Set by run.sh under torchrun: where a worker records a user error, so that torchrun's restart (meant for crashes)
+# fails at once instead of re-running a deterministic failure --max-restarts times.
+FATAL_FILE_ENV = "NANOPTIM_FATAL_FILE"
+
+
+def setup_distributed(device_choice: str):
+    """(ddp, rank, local_rank, world_size, device). torchrun sets RANK/LOCAL_RANK/WORLD_SIZE."""
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    use_cuda = torch.cuda.is_available() if device_choice == "auto" else device_choice == "cuda"
+    if device_choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device = 'cuda' but no CUDA GPU is visible; use --train.device=cpu or auto")
+    if not ddp:
+        return False, 0, 0, 1, torch.device("cuda" if use_cuda else "cpu")
+    rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    # torchrun's restarts (--max-restarts) reuse its TCP store, and the process group's keys (each rank's address)
+    # are not namespaced per attempt: a restarted rank could read a dead rank's address from the previous attempt
+    # and fail to connect, or hang. So the store is namespaced by the attempt number here.
+    store, _, _ = next(dist.rendezvous("env://", rank, world_size))
+    store = dist.PrefixStore(f"nanoptim/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world_size,
+                            device_id=device if use_cuda else None)
+    return True, rank, local_rank, world_size, device
+
+
+class StopRequest:
+    """A signal handler for SIGINT (Ctrl-C) and SIGTERM (schedulers' preemption notice): the first one lets the current
+    step finish, then the run checkpoints, prints one line and exits 128 + signal; a second one exits at once."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self, signum, frame):
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def agreed(self, ddp: bool, device) -> int | None:
+        """The signal to stop for, the same on every rank (one ran out of time = all stop at this step)."""
+        if not ddp:
+            return self.signum
+        flag = torch.tensor([float(self.signum or 0)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+
+def check_earlier_fatal_error() -> None:
+    """Under run.sh's torchrun, a restarted worker group whose previous attempt stopped on a user error (bad input,
+    non-finite loss, disk full) fails at once: restarting cannot fix it, only re-run it --max-restarts times."""
+    path = os.environ.get(FATAL_FILE_ENV)
+    if path and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and os.path.isfile(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            kind, _, message = f.read().strip().partition(" ")
+        message = f"{message} (an earlier attempt stopped on this; not retried)"
+        if kind == Interrupted.__name__:
+            raise Interrupted(message, signal.SIGTERM if message.startswith("SIGTERM") else signal.SIGINT)
+        raise ERRORS.get(kind, NanoptimError)(message)
+
+
+def record_fatal_error(e: NanoptimError) -> None:
+    path = os.environ.get(FATAL_FILE_ENV)
+    if not path:
+        return
+    try:  # every rank may get here: a private tmp name per process, then an atomic rename
+        atomic_write(path, lambda f: f.write(f"{type(e).__name__} {e}\n".encode()),
+                                tmp=f"{path}.{os.getpid()}.tmp")
+    except OSError:
+        pass  # best effort: without it torchrun merely retries
+
+
+def run_dir_error(e: OSError, run_dir: str) -> RunDirError | None:
+    """A one-line RunDirError for an OSError that means "the run directory cannot be written", else None."""
+    disk = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    where = os.path.abspath(e.filename) if isinstance(e.filename, str) else None
+    inside = where is not None and where.startswith(os.path.abspath(run_dir) + os.sep)
+    if not (disk or (inside and e.errno in (errno.EACCES, errno.EPERM))):
+        return None
+    return RunDirError(f"could not write {where or 'to ' + run_dir} ({e.strerror or e}); every checkpoint written "
+                       f"so far is intact; free disk space or fix permissions of {run_dir}, then rerun the same "
+                       f"command to resume")
