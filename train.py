@@ -102,6 +102,15 @@ def evaluate(model, val_set, device, autocast, ddp: bool) -> float:
     return (total[0] / total[1]).item()
 
 
+def evaluate_and_log(step: int, model, val_set, device, autocast, ddp: bool, run, logger, log) -> float:
+    """Evaluate at `step` (before that step's update), update the best val loss, log it."""
+    val = evaluate(model, val_set, device, autocast, ddp)
+    run.best_val = min(run.best_val, val)
+    logger.log_eval(dict(step=step, val_loss=val, **run.counters.as_dict(), elapsed_s=run.elapsed_s))
+    log(f"step {step}: val loss {val:.4f}")
+    return val
+
+
 def precision(dtype: str, device_type: str):
     """(dtype name, autocast context): bf16 autocast on GPU (weights and optimizer stay fp32), plain fp32 on CPU."""
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -116,7 +125,7 @@ def progress_line(rec: dict, max_steps: int) -> str:
     """The log line of a train record."""
     return (f"step {rec['step']}/{max_steps} | loss {rec['loss']:.4f} | lr {rec['lr']:.3e}" +
             (f" (adamw {rec['adamw_lr']:.3e})" if "adamw_lr" in rec else "") + f" | gnorm {rec['grad_norm']:.3f} | "
-            f"{rec['tokens_per_s'] / 1e3:.1f}k tok/s" + (f" | mfu {rec['mfu'] * 100:.1f}%" if "mfu" in rec else "") +
+            f"{rec['tokens_per_s'] / 1e3:.1f}k tok/s" + (f" | mfu {rec['mfu'] * 100:.1f}%" if rec.get("mfu") else "") +
             f" | {rec['elapsed_s']:.1f}s")
 
 
@@ -249,10 +258,7 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
             group["lr"] = group["base_lr"] * factor
 
         if step % tc.eval_interval == 0:
-            last_val = evaluate(model, val_set, device, autocast, ddp)
-            run.best_val = min(run.best_val, last_val)
-            logger.log_eval(dict(step=step, val_loss=last_val, **counters.as_dict(), elapsed_s=run.elapsed_s))
-            log(f"step {step}: val loss {last_val:.4f}")
+            last_val = evaluate_and_log(step, model, val_set, device, autocast, ddp, run, logger, log)
 
         t0 = time.time()
         train_loss = forward_backward(model, train_ds, tc, step, rank, world_size, micro_batch, accum, device,
@@ -277,11 +283,9 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
         if step % tc.log_interval == 0 or step == max_steps - 1:
             tok_s = window_tokens / max(window_s, 1e-9)
             rec = dict(step=step, loss=train_loss, **group_lrs(optimizer), grad_norm=grad_norm, **counters.as_dict(),
-                       elapsed_s=run.elapsed_s, tokens_per_s=tok_s, skipped=run.skipped)
-            utilisation = mfu(counters.model_flops_per_token * tok_s, gpu_name, world_size)
-            if utilisation is not None:
-                rec["mfu"] = utilisation
-            logger.log_train(rec)
+                       elapsed_s=run.elapsed_s, tokens_per_s=tok_s, skipped=run.skipped,
+                       mfu=mfu(counters.model_flops_per_token * tok_s, gpu_name, world_size))
+            logger.log_train({k: v for k, v in rec.items() if v is not None})  # mfu only on a known GPU
             log(progress_line(rec, max_steps))
             window_s, window_tokens = 0.0, 0
 
@@ -303,10 +307,7 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
 
     # ---- the end: a final evaluation and checkpoint, and final.json (the run's completion marker)
     if run.start_step < max_steps or last_val is None:
-        last_val = evaluate(model, val_set, device, autocast, ddp)
-        run.best_val = min(run.best_val, last_val)
-        logger.log_eval(dict(step=max_steps, val_loss=last_val, **counters.as_dict(), elapsed_s=run.elapsed_s))
-        log(f"step {max_steps}: val loss {last_val:.4f}")
+        last_val = evaluate_and_log(max_steps, model, val_set, device, autocast, ddp, run, logger, log)
         save(max_steps)
     summary = dict(steps=max_steps, best_val_loss=run.best_val, final_val_loss=last_val, **counters.as_dict(),
                    elapsed_s=run.elapsed_s, skipped_steps=run.skipped,
