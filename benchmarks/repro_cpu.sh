@@ -247,7 +247,7 @@ if fig_data:
     plt = plot._pyplot()
     ncol = 5
     nrow = -(-len(fig_data) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3.1 * nrow), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3.1 * nrow), squeeze=False)  # own y range each
     for ax, (title, key, xs, ys, chosen) in zip(axes.flat, fig_data):
         ax.plot(xs, ys, marker="o")
         ax.set_xscale("log")
