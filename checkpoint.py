@@ -247,8 +247,8 @@ def load_latest(run_dir: str, map_location="cpu") -> tuple[dict | None, list[tup
         unmarked = problem is not None and not os.path.exists(marker_path(path))
         if problem is None or unmarked:
             try:
-                if unmarked:  # no checksum to trust: the zip's own CRC32s must hold (torch.save writes them)
-                    _check_zip_crcs(path)
+                if unmarked and zipfile.is_zipfile(path):  # no checksum to trust: the zip's own CRC32s must hold
+                    _check_zip_crcs(path)  # (torch.save writes them); a non-zip file is named by _read
                 state = _read(path, map_location)  # its checksum has just been verified (or it has none)
                 _check_finite(state)
             except _Unreadable as e:
