@@ -30,6 +30,7 @@ the optimizer recipes and the model size does (load_config(..., full_check=False
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import math
 import os
@@ -98,7 +99,7 @@ class TrainSection:
 
 @dataclass
 class LoggingSection:
-    run_dir: str = "out/tiny_cpu"  # checkpoints, config.toml, metrics.jsonl, final.json
+    run_dir: str = "out/{optimizer.name}{overrides}"  # checkpoints, config.toml, metrics.jsonl, final.json
     wandb: str = "disabled"  # "disabled" | "offline" | "online"
     wandb_project: str = "nanoptim"
     run_name: str = ""  # "" = the run directory's name
@@ -195,10 +196,16 @@ def _section_fields(section_cls) -> dict:
     return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
 
 
+def did_you_mean(name: str, valid) -> str:
+    """' (did you mean 'adamw'?)' for the closest valid name, compared case-insensitively ('' if none is close)."""
+    valid = list(valid)
+    by_lower = {v.lower(): v for v in valid}
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
+
+
 def _unknown(what: str, name: str, valid) -> ConfigError:
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"unknown {what} {name!r}{hint}; valid: {', '.join(valid)}")
+    return ConfigError(f"unknown {what} {name!r}{did_you_mean(name, valid)}; valid: {', '.join(valid)}")
 
 
 def _set(cfg: RunConfig, dotted: str, value) -> None:
@@ -282,15 +289,17 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = (), full
                 recipes.setdefault(key, {}).update(value)
             else:
                 file_keys.append((f"{section_name}.{key}", value))
+    cli_items = []  # every override in order, for "{overrides}" in run_dir
     for item in overrides:
         if not item.startswith("--") or "=" not in item:
             raise ConfigError(f"cannot read override {item!r}; write it as --section.key=value")
         dotted, text = item[2:].split("=", 1)
+        cli_items.append((dotted, _parse_override_value(text)))
         parts = dotted.split(".")
         if len(parts) == 3 and parts[0] == "optimizer":  # --optimizer.<recipe>.<key>=value
-            recipes.setdefault(parts[1], {})[parts[2]] = _parse_override_value(text)
+            recipes.setdefault(parts[1], {})[parts[2]] = cli_items[-1][1]
         else:
-            cli_keys.append((dotted, _parse_override_value(text)))
+            cli_keys.append(cli_items[-1])
     for recipe, table in recipes.items():
         _check_recipe_table(recipe, table)
 
@@ -309,19 +318,46 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = (), full
     opt = cfg.optimizer
     if not opt.method:
         if opt.name not in registered_optimizers():
-            raise ConfigError(f"optimizer.name = {opt.name!r} is unknown: neither a recipe of {path} "
+            hint = did_you_mean(opt.name, [*recipes, *registered_optimizers()])
+            raise ConfigError(f"optimizer.name = {opt.name!r} is unknown{hint}: neither a recipe of {path} "
                               f"({', '.join(recipes) or 'it has none'}) nor an optimizer "
                               f"({', '.join(registered_optimizers())}); add a table [optimizer.{opt.name}] with a "
                               f"method, or use one of those names")
         opt.method = opt.name
     # "{section.key}" in the run directory or name is replaced by that key's value, so one config file serves every
-    # recipe: run_dir = "out/gpt2_124m_{optimizer.name}".
+    # recipe: run_dir = "out/gpt2_124m_{optimizer.name}"; "{overrides}" by the command line's other settings.
     for key in ("run_dir", "run_name", "group"):
-        setattr(cfg.logging, key, _expand(getattr(cfg.logging, key), cfg, f"logging.{key}"))
+        template = getattr(cfg.logging, key)
+        template = template.replace("{overrides}", overrides_suffix(template, cli_items))
+        setattr(cfg.logging, key, _expand(template, cfg, f"logging.{key}"))
     validate(cfg)
     if full_check:
         check_model_and_optimizer(cfg, {r: t for r, t in recipes.items() if r != opt.name})
     return cfg
+
+
+def overrides_suffix(template: str, cli_items: list) -> str:
+    """What "{overrides}" in logging.run_dir stands for: "" without overrides, else "_" + the command line's
+    settings, e.g. `--train.max_steps=50 --optimizer.lr=3e-3` -> "_max_steps50_lr0.003". So the same command always
+    resumes the same directory, and a command that changes a setting starts its own. Left out: keys the template
+    names itself ({optimizer.name}) and keys that do not change the run (logging.*, checkpoint.*, log/eval
+    intervals, ... = RESUMABLE_CHANGES)."""
+    named = set(re.findall(r"\{(\w+\.\w+)\}", template))
+    kept = [(d, v) for d, v in cli_items if d not in named and not d.startswith(RESUMABLE_CHANGES)]
+    if not kept:
+        return ""
+    last = [d.rsplit(".", 1)[-1] for d, _ in kept]
+
+    def text(v):
+        if isinstance(v, (list, tuple)):
+            return "-".join(map(text, v))
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    parts = [f"{k if last.count(k) == 1 else d.replace('.', '-')}{text(v)}" for k, (d, v) in zip(last, kept)]
+    suffix = re.sub(r"[^A-Za-z0-9._+-]", "-", "_" + "_".join(parts))
+    if len(suffix) > 80:  # a long command line: keep the start readable, a hash keeps it unique
+        suffix = suffix[:60] + "_" + hashlib.blake2b(suffix.encode(), digest_size=4).hexdigest()
+    return suffix
 
 
 def _check_recipe_table(recipe: str, table: dict) -> None:
@@ -433,6 +469,19 @@ def to_toml(cfg: RunConfig) -> str:
         lines.append(f"[{section_name}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
         lines.append("")
+    return "\n".join(lines)
+
+
+def changed_keys_text(cfg: RunConfig) -> str:
+    """One line per section with the keys that differ from the built-in defaults (the whole optimizer recipe), as
+    train.py prints at start; the full config is RUN_DIR/config.toml."""
+    defaults = to_dict(RunConfig())
+    lines = []
+    for section_name, table in to_dict(cfg).items():
+        keep = [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None and
+                (section_name == "optimizer" or v != defaults[section_name].get(k))]
+        if keep:
+            lines.append(f"  [{section_name}] " + ", ".join(keep))
     return "\n".join(lines)
 
 

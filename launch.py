@@ -5,7 +5,9 @@ translation of an unwritable run directory into one line.
 
 import errno
 import os
+import shlex
 import signal
+import sys
 
 import torch
 import torch.distributed as dist
@@ -16,6 +18,18 @@ from errors import ERRORS, ConfigError, Interrupted, NanoptimError, RunDirError
 # Set by run.sh under torchrun: where a worker records a user error, so that torchrun's restart (meant for crashes)
 # fails at once instead of re-running a deterministic failure --max-restarts times.
 FATAL_FILE_ENV = "NANOPTIM_FATAL_FILE"
+
+
+# The arguments train.py was started with (train.main sets them), for error messages that give the exact command.
+ARGV: list[str] | None = None
+
+
+def command_with(*extra: str) -> str:
+    """The command the user typed (run.sh sets NANOPTIM_COMMAND="bash run.sh"; otherwise `python train.py`), with
+    `extra` arguments appended, replacing an earlier value of the same --key."""
+    keys = {e.split("=", 1)[0] for e in extra}
+    args = [a for a in (sys.argv[1:] if ARGV is None else ARGV) if a.split("=", 1)[0] not in keys]
+    return " ".join([os.environ.get("NANOPTIM_COMMAND", "python train.py"), *map(shlex.quote, [*args, *extra])])
 
 
 def setup_distributed(device_choice: str):

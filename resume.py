@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 import checkpoint as ckpt
+import launch
 from atomic import atomic_write
 from config import differences, load_config, to_dict, to_toml
 from errors import ERRORS, CheckpointError, ConfigError, NanoptimError, NonFiniteError, RunDirError
@@ -127,9 +128,23 @@ def check_run_dir(run_dir: str, cfg, log) -> None:
     if cfg.checkpoint.allow_config_change:
         log(f"note: resuming {run_dir} with a changed config: {'; '.join(changed)}")
         return
-    more = " ..." if len(changed) > 3 else ""
-    raise ConfigError(f"{run_dir} holds a different run ({'; '.join(changed[:3])}{more}); "
-                      f"use another --logging.run_dir, or pass --checkpoint.allow_config_change=true to continue it")
+    raise ConfigError(different_run_message(f"{run_dir} holds a different run", run_dir, changed))
+
+
+def different_run_message(what: str, run_dir: str, changed: list[str]) -> str:
+    """'<what> (the keys that differ); to start this run beside it: <the exact command>' plus, when the old run can
+    continue under the new settings (same model and optimizer), the command for that."""
+    n = 1
+    while os.path.exists(f"{os.path.normpath(run_dir)}_{n + 1}"):
+        n += 1
+    fresh = f"{os.path.normpath(run_dir)}_{n + 1}"
+    shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+    message = (f"{what} ({shown}); to start this run beside it: "
+               f"`{launch.command_with(f'--logging.run_dir={fresh}')}`")
+    if not any(c.startswith(("model.", "optimizer.method:", "data.")) for c in changed):
+        message += f"; to continue that run with these settings: " \
+                   f"`{launch.command_with(f'--logging.run_dir={run_dir}', '--checkpoint.allow_config_change=true')}`"
+    return message
 
 
 def check_checkpoint_fits(state: dict, path: str, mcfg, cfg) -> None:
@@ -146,9 +161,8 @@ def check_checkpoint_fits(state: dict, path: str, mcfg, cfg) -> None:
     if not os.path.exists(os.path.join(cfg.logging.run_dir, "config.toml")) and isinstance(state.get("config"), dict):
         changed = differences(state["config"], cfg)  # no config.toml beside the checkpoints: compare with theirs
         if changed and not cfg.checkpoint.allow_config_change:
-            raise ConfigError(f"{path} was written by a different run ({'; '.join(changed[:3])}"
-                              f"{' ...' if len(changed) > 3 else ''}); use another --logging.run_dir, or pass "
-                              f"--checkpoint.allow_config_change=true to continue it")
+            raise ConfigError(different_run_message(f"{path} was written by a different run", cfg.logging.run_dir,
+                                                    changed))
     saved_opt = (state.get("config") or {}).get("optimizer") or {}
     saved_method = saved_opt.get("method") or saved_opt.get("name")  # older checkpoints: name was the method
     if saved_method != cfg.optimizer.method:

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import launch
 import resume
 from atomic import atomic_write
-from config import load_config, to_dict, to_toml
+from config import changed_keys_text, load_config, to_dict
 from data.loader import TokenDataset, train_batch, val_batches
 from errors import ConfigError, Interrupted, NanoptimError, NonFiniteError, main_guard
 from flops import FlopsCounter, mfu, model_flops_per_token
@@ -77,13 +77,14 @@ def batch_layout(tc, seq_len: int, world_size: int) -> tuple[int, int]:
         raise ConfigError(f"train.batch_tokens = {tc.batch_tokens} is not a multiple of the sequence length "
                           f"{seq_len}; use a multiple, e.g. {max(1, tc.batch_tokens // seq_len) * seq_len}")
     global_seqs = tc.batch_tokens // seq_len
-    # micro_batch 0 = auto: each process takes its whole share at once (no gradient accumulation)
-    micro_batch = tc.micro_batch or max(1, global_seqs // world_size)
-    if global_seqs % (micro_batch * world_size):
-        raise ConfigError(f"train.batch_tokens = {tc.batch_tokens} ({global_seqs} sequences of {seq_len}) is not "
-                          f"divisible by train.micro_batch × processes = {micro_batch} × {world_size}; change "
-                          f"micro_batch or batch_tokens")
-    return micro_batch, global_seqs // (micro_batch * world_size)
+    if global_seqs % world_size:
+        raise ConfigError(f"train.batch_tokens = {tc.batch_tokens} ({global_seqs} sequences of {seq_len}) cannot be "
+                          f"split evenly over {world_size} processes; use a multiple of {world_size * seq_len} tokens")
+    share = global_seqs // world_size
+    # micro_batch is an upper bound (memory): the largest divisor of this process's share that fits, so one config
+    # runs on 1, 2 or 4 processes with the same global batch. 0 = the whole share at once (no accumulation).
+    micro_batch = max(d for d in range(1, share + 1) if share % d == 0 and d <= (tc.micro_batch or share))
+    return micro_batch, share // micro_batch
 
 
 def evaluate(model, val_set, device, autocast, ddp: bool) -> float:
@@ -215,6 +216,9 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
                         vocab_size=m.vocab_size, bias=m.bias, dropout=m.dropout)
     seq_len = mcfg.block_size
     micro_batch, accum = batch_layout(tc, seq_len, world_size)
+    if tc.micro_batch and micro_batch != tc.micro_batch:
+        log(f"note: micro_batch {micro_batch} (train.micro_batch = {tc.micro_batch} is an upper bound; "
+            f"{tc.batch_tokens // seq_len // world_size} sequences per process)")
 
     # ---- data. Setup reads and checks everything (data, run dir, checkpoint) before writing anything, so bad input
     # leaves the run directory exactly as it was; under DDP every rank raises the same error (resume.agree).
@@ -229,8 +233,10 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
     model, raw_model, optimizer, run = build_and_resume(cfg, mcfg, device, ddp, rank, master, log)
     counters = run.counters
     if (done := resume.finished_summary(run, cfg, ddp, master)) is not None:  # a rerun of a finished run
-        log(f"{run_dir} holds a finished run ({tc.max_steps} steps, final.json): nothing to do; raise "
-            f"--train.max_steps to train on, or use another --logging.run_dir")
+        longer = launch.command_with(f"--train.max_steps={2 * tc.max_steps}", f"--logging.run_dir={run_dir}",
+                                     "--checkpoint.allow_config_change=true")
+        log(f"{run_dir} holds a finished run ({tc.max_steps} steps, final.json): nothing to do; to train it on: "
+            f"`{longer}` (the schedule is recomputed for the new length)")
         return done
     logger = MetricsLogger(run_dir, to_dict(cfg), wandb_mode=cfg.logging.wandb, project=cfg.logging.wandb_project,
                            run_name=cfg.logging.run_name or os.path.basename(os.path.normpath(run_dir)),
@@ -342,11 +348,13 @@ def main(argv=None):
                                      "e.g. --optimizer.name=lion --train.max_steps=100")
     parser.add_argument("config", nargs="?", default=None, help="TOML config (default: configs/tiny_cpu.toml)")
     args, overrides = parser.parse_known_args(argv)
+    launch.ARGV = list(sys.argv[1:] if argv is None else argv)
     launch.check_earlier_fatal_error()
     try:
         cfg = load_config(args.config, overrides)
-        if int(os.environ.get("RANK", 0)) == 0:
-            print(to_toml(cfg))
+        if int(os.environ.get("RANK", 0)) == 0:  # the full config goes to RUN_DIR/config.toml
+            print(f"config {args.config or 'configs/tiny_cpu.toml'} (the keys that differ from the defaults; all of "
+                  f"them go to {os.path.join(cfg.logging.run_dir, 'config.toml')}):\n{changed_keys_text(cfg)}")
         try:
             return train(cfg)
         except OSError as e:

@@ -782,8 +782,6 @@ def bad_input_rows(byte_data, good_run, base):
          ["optimizer.betas", "[0, 1)"]),
         (*train_row("negative weight decay", copy_run("wd"), "--optimizer.weight_decay=-0.1"),
          ["optimizer.weight_decay"]),
-        (*train_row("batch not divisible by micro-batch x world size", copy_run("divisible"),
-                    "--train.micro_batch=3"), ["not divisible by train.micro_batch", "3 × 1"]),
         (*train_row("batch not a multiple of the context", copy_run("multiple"), "--train.batch_tokens=500"),
          ["not a multiple of the sequence length 32"]),
         (*train_row("validation set smaller than one sequence", copy_run("val"), "--data.val_tokens=8"),

@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -87,10 +88,18 @@ def test_ddp_two_gloo_processes_match_one_process(text_data_dir, tmp_path):
         assert abs(l1[step] - l2[step]) < 1e-5, (step, l1[step], l2[step])
 
 
-def test_world_size_check_error(text_data_dir, tmp_path):
+def test_micro_batch_is_an_upper_bound_and_the_world_size_must_divide_the_batch():
+    """One config runs on 1, 2 and 4 processes: micro_batch becomes the largest divisor of each process's share
+    that fits; only a global batch that cannot be split over the processes is an error."""
     from errors import ConfigError
-    with pytest.raises(ConfigError, match="not divisible by train.micro_batch"):
-        train_main(train_args(text_data_dir, str(tmp_path / "r"), "--train.micro_batch=3", "--train.max_steps=2"))
+    from train import batch_layout
+
+    tc = types.SimpleNamespace(batch_tokens=2048, micro_batch=8)
+    assert [batch_layout(tc, 256, n) for n in (1, 2, 4, 8)] == [(8, 1), (4, 1), (2, 1), (1, 1)]
+    assert batch_layout(types.SimpleNamespace(batch_tokens=2048, micro_batch=3), 256, 1) == (2, 4)
+    assert batch_layout(types.SimpleNamespace(batch_tokens=2048, micro_batch=0), 256, 2) == (4, 1)
+    with pytest.raises(ConfigError, match="cannot be split evenly over 3 processes; use a multiple of 768"):
+        batch_layout(tc, 256, 3)
 
 
 @pytest.mark.slow
