@@ -63,6 +63,7 @@ class DataSection:
     dir: str = "data/shakespeare"  # a directory written by `python -m data.prepare`
     val_tokens: int = 65536  # the fixed validation set: the first val_tokens tokens of the val split
     format: str = "auto"  # "auto" | "llmc" (1024-byte header shards) | "nanogpt" (headerless uint16 train/val.bin)
+    source: str = ""  # the `python -m data.prepare <source>` that writes dir (named when dir is missing); "" = unknown
 
 
 @dataclass
@@ -245,6 +246,18 @@ def _expand(text: str, cfg: RunConfig, where: str) -> str:
     return re.sub(r"\{(\w+)\.(\w+)\}", value, text)
 
 
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def path_hint(path: str) -> str:
+    """For a relative path that does not exist here: where it does exist, relative to the checkout ('' if nowhere),
+    so a command run from another directory says what would work."""
+    there = os.path.join(REPO_DIR, path)
+    if os.path.isabs(path) or os.path.realpath(os.getcwd()) == os.path.realpath(REPO_DIR) or not os.path.exists(there):
+        return ""
+    return f"; it exists in the checkout as {there}: run from {REPO_DIR}, or pass that path"
+
+
 def registered_optimizers() -> list[str]:
     from optimizers import OPTIMIZERS  # the registry itself imports no torch
 
@@ -264,8 +277,8 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = (), full
     if os.path.isdir(path):
         raise ConfigError(f"config path {path} is a directory; pass a TOML file like configs/tiny_cpu.toml")
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path} does not exist (from {os.getcwd()}); pass a path like "
-                          f"configs/tiny_cpu.toml")
+        raise ConfigError(f"config file {path} does not exist (from {os.getcwd()}){path_hint(path)}"
+                          f"{'' if path_hint(path) else '; pass a path like configs/tiny_cpu.toml'}")
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)

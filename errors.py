@@ -46,10 +46,19 @@ ERRORS = {cls.__name__: cls for cls in (NanoptimError, ConfigError, DataError, C
                                         RunDirError, Interrupted)}
 
 
-def main_guard(main):
-    """Run `main()`; turn a NanoptimError into one line on stderr and exit code 2."""
-    import sys
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """warnings.formatwarning for the command-line tools: `warning: <message>`, not Python's file:line: UserWarning.
+    Warnings from libraries keep their category, so their origin stays findable."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    return f"warning{kind}: {message}\n"
 
+
+def main_guard(main):
+    """Run `main()`; turn a NanoptimError into one line on stderr and exit code 2; warnings print as one line."""
+    import sys
+    import warnings
+
+    warnings.formatwarning = one_line_warning
     try:
         return main()
     except NanoptimError as e:

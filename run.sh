@@ -17,12 +17,24 @@
 # MAX_RESTARTS counts over the whole launch (torchrun never resets it); a run that crashes more often than that
 # stops and resumes when the same command is run again.
 set -euo pipefail
-cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 
+# run.sh runs in the checkout (data/ and out/ in the configs are relative to it); a config path is read relative to
+# where it was typed first, then relative to the checkout (`bash ~/nanoptim/run.sh configs/gpt2_124m.toml`).
 CONFIG=configs/tiny_cpu.toml
-if [ $# -gt 0 ] && [[ "$1" != --* ]]; then CONFIG=$1; shift; fi
+if [ $# -gt 0 ] && [[ "$1" != --* ]]; then
+  CONFIG=$1; shift
+  if [ -f "$CONFIG" ]; then
+    CONFIG=$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")
+  elif [ ! -f "$(dirname "$0")/$CONFIG" ]; then
+    echo "error: config file $CONFIG does not exist (from $PWD, nor in the checkout $(cd "$(dirname "$0")" && pwd));" \
+         "pass a path like configs/tiny_cpu.toml" >&2
+    exit 2
+  fi
+fi
 OVERRIDES=("$@")
+cd "$(dirname "$0")"
+export NANOPTIM_COMMAND="bash run.sh"  # train.py's messages give commands to type in this form
 
 # Resolve the data and run directories from the config (+ overrides); a config error stops here, in one line.
 # (Without torch, in a fraction of a second: train.py checks the optimizer recipe and the model size itself.)
@@ -110,11 +122,8 @@ else
 fi
 [ "$rc" -eq 0 ] || exit "$rc"
 
-# The summary, and a sample from the trained model (rank 0's node only).
+# A sample from the trained model (rank 0's node only; train.py has printed the summary line).
 if [ "${NODE_RANK:-0}" -eq 0 ] && [ -f "$RUN_DIR/final.json" ]; then
-  $PY -c 'import json, sys
-print("final val loss {final_val_loss:.4f} (best {best_val_loss:.4f}) after {steps} steps, {tokens:,} tokens, "
-      "{total_flops:.3e} FLOPs, {elapsed_s:.0f}s".format(**json.load(open(sys.argv[1]))))' "$RUN_DIR/final.json"
   # A sample is a bonus: a model that cannot be sampled (e.g. not trained on GPT-2 tokens) still finished its run.
   if $PY sample.py --ckpt "$RUN_DIR" --num_samples 1 --max_new_tokens 100 > "$RUN_DIR/sample.txt"; then
     echo "sample written to $RUN_DIR/sample.txt:"

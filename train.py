@@ -105,10 +105,12 @@ def evaluate(model, val_set, device, autocast, ddp: bool) -> float:
 
 def evaluate_and_log(step: int, model, val_set, device, autocast, ddp: bool, run, logger, log) -> float:
     """Evaluate at `step` (before that step's update), update the best val loss, log it."""
+    log(f"step {step}: evaluating ...")
+    t0 = time.time()
     val = evaluate(model, val_set, device, autocast, ddp)
     run.best_val = min(run.best_val, val)
     logger.log_eval(dict(step=step, val_loss=val, **run.counters.as_dict(), elapsed_s=run.elapsed_s))
-    log(f"step {step}: val loss {val:.4f}")
+    log(f"step {step}: val loss {val:.4f} (best {run.best_val:.4f}; {time.time() - t0:.1f}s)")
     return val
 
 
@@ -122,12 +124,25 @@ def precision(dtype: str, device_type: str):
     return dtype, autocast
 
 
-def progress_line(rec: dict, max_steps: int) -> str:
-    """The log line of a train record."""
-    return (f"step {rec['step']}/{max_steps} | loss {rec['loss']:.4f} | lr {rec['lr']:.3e}" +
-            (f" (adamw {rec['adamw_lr']:.3e})" if "adamw_lr" in rec else "") + f" | gnorm {rec['grad_norm']:.3f} | "
+def duration(seconds: float) -> str:
+    """12s, 3m05s, 2h07m."""
+    s = int(round(seconds))
+    return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def progress_line(rec: dict, max_steps: int, eta_s: float) -> str:
+    """The log line of a train record: compute = time in training steps, wall = since the run started (all
+    invocations), eta = the remaining steps at this invocation's pace so far (evaluations and checkpoints included)."""
+    return (f"step {rec['step']}/{max_steps} | loss {rec['loss']:.4f} | lr {rec['lr']:.2e}" +
+            (f" adamw_lr {rec['adamw_lr']:.2e}" if "adamw_lr" in rec else "") + f" | gnorm {rec['grad_norm']:.3f} | "
             f"{rec['tokens_per_s'] / 1e3:.1f}k tok/s" + (f" | mfu {rec['mfu'] * 100:.1f}%" if rec.get("mfu") else "") +
-            f" | {rec['elapsed_s']:.1f}s")
+            f" | compute {duration(rec['elapsed_s'])} | wall {duration(rec['wall_s'])} | eta {duration(eta_s)}")
+
+
+def summary_line(summary: dict) -> str:
+    """The last line of a run (train.py and run.sh print it)."""
+    return ("final val loss {final_val_loss:.4f} (best {best_val_loss:.4f}) after {steps} steps, {tokens:,} tokens, "
+            "{total_flops:.3e} FLOPs, wall {wall}".format(**summary, wall=duration(summary.get("wall_s", 0.0))))
 
 
 def group_lrs(optimizer) -> dict:
@@ -223,10 +238,15 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
     # ---- data. Setup reads and checks everything (data, run dir, checkpoint) before writing anything, so bad input
     # leaves the run directory exactly as it was; under DDP every rank raises the same error (resume.agree).
     train_ds, val_ds = resume.agree(ddp, lambda: tuple(
-        TokenDataset(cfg.data.dir, split, seq_len, mcfg.vocab_size, cfg.data.format) for split in ("train", "val")))
+        TokenDataset(cfg.data.dir, split, seq_len, mcfg.vocab_size, cfg.data.format, cfg.data.source)
+        for split in ("train", "val")))
     for note in dict.fromkeys(train_ds.notes + val_ds.notes):
         log(f"note: {note}")
     val_set = val_batches(val_ds, cfg.data.val_tokens, micro_batch, rank, world_size)
+    log(f"data {cfg.data.dir}: train {train_ds.n_tokens:,} tokens ({len(train_ds.paths)} shard(s); this run reads "
+        f"{tc.max_steps * tc.batch_tokens:,} = {tc.max_steps * tc.batch_tokens / train_ds.n_tokens:.2f} epochs), "
+        f"val {val_ds.n_tokens:,} tokens (evaluates on the first "
+        f"{min(cfg.data.val_tokens // seq_len, val_ds.n_sequences) * seq_len:,})")
 
     dtype, autocast = precision(tc.dtype, device_type)
 
@@ -243,7 +263,8 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
                            group=cfg.logging.group, enabled=master,
                            resume_step=run.start_step - 1 if run.resumed else None)
     gpu_name = torch.cuda.get_device_name(device) if device_type == "cuda" else None
-    log(f"model {cfg.model.arch}/{cfg.model.size}: {raw_model.param_counts()['total'] / 1e6:.2f}M parameters | "
+    log(f"model {cfg.model.arch}/{cfg.model.size} ({mcfg.n_layer} layers × {mcfg.n_head} heads × {mcfg.n_embd} wide, "
+        f"context {mcfg.block_size}): {raw_model.param_counts()['total'] / 1e6:.2f}M parameters | "
         f"{world_size} process(es) × micro_batch {micro_batch} × accum {accum} × {seq_len} tokens = "
         f"{tc.batch_tokens} tokens/step | optimizer {cfg.optimizer.name} ({cfg.optimizer.method}) | "
         f"device {device} {dtype}")
@@ -258,6 +279,7 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
     params = [p for p in raw_model.parameters() if p.requires_grad]
     max_steps, last_val, skips_in_a_row = tc.max_steps, None, 0
     window_s, window_tokens = 0.0, 0  # compute time and tokens since the last log line (for tokens/s)
+    t_loop = time.time()
     for step in range(run.start_step, max_steps):
         factor = lr_factor(step, cfg.schedule, max_steps)
         for group in optimizer.param_groups:
@@ -289,10 +311,11 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
         if step % tc.log_interval == 0 or step == max_steps - 1:
             tok_s = window_tokens / max(window_s, 1e-9)
             rec = dict(step=step, loss=train_loss, **group_lrs(optimizer), grad_norm=grad_norm, **counters.as_dict(),
-                       elapsed_s=run.elapsed_s, tokens_per_s=tok_s, skipped=run.skipped,
-                       mfu=mfu(counters.model_flops_per_token * tok_s, gpu_name, world_size))
+                       elapsed_s=run.elapsed_s, wall_s=wall_before + time.time() - t_start, tokens_per_s=tok_s,
+                       skipped=run.skipped, mfu=mfu(counters.model_flops_per_token * tok_s, gpu_name, world_size))
             logger.log_train({k: v for k, v in rec.items() if v is not None})  # mfu only on a known GPU
-            log(progress_line(rec, max_steps))
+            eta = (time.time() - t_loop) / (step + 1 - run.start_step) * (max_steps - step - 1)
+            log(progress_line(rec, max_steps, eta))
             window_s, window_tokens = 0.0, 0
 
         done = step + 1
@@ -356,7 +379,10 @@ def main(argv=None):
             print(f"config {args.config or 'configs/tiny_cpu.toml'} (the keys that differ from the defaults; all of "
                   f"them go to {os.path.join(cfg.logging.run_dir, 'config.toml')}):\n{changed_keys_text(cfg)}")
         try:
-            return train(cfg)
+            summary = train(cfg)
+            if int(os.environ.get("RANK", 0)) == 0 and "final_val_loss" in summary:
+                print(summary_line(summary))
+            return summary
         except OSError as e:
             err = launch.run_dir_error(e, cfg.logging.run_dir)
             if err is None:

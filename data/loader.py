@@ -28,16 +28,22 @@ from errors import ConfigError, DataError
 SPLITS = ("train", "val")
 
 
-def find_shards(data_dir: str, split: str) -> list:
-    """Sorted paths of the `split` shards in `data_dir` (*{split}*.bin, which includes nanoGPT's {split}.bin)."""
+def find_shards(data_dir: str, split: str, source: str = "") -> list:
+    """Sorted paths of the `split` shards in `data_dir` (*{split}*.bin, which includes nanoGPT's {split}.bin);
+    `source` (data.source) names the data.prepare source that makes a missing directory."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise DataError(f"data directory {data_dir} is a file, not a directory; set data.dir to the directory "
                         f"that holds the shards")
     if not os.path.isdir(data_dir):
-        raise DataError(f"data directory {data_dir} does not exist (from {os.getcwd()}); create it with "
-                        f"`python -m data.prepare shakespeare --out {data_dir}` (or another source), or fix data.dir")
+        from config import path_hint
+
+        hint = path_hint(data_dir)
+        make = f"python -m data.prepare {source or '<source>'} --out {data_dir}"
+        raise DataError(f"data directory {data_dir} does not exist (from {os.getcwd()}){hint}"
+                        f"{'' if hint else f'; create it with `{make}`, or fix data.dir'}"
+                        f"{'' if source or hint else ' (sources: python -m data.prepare --help)'}")
     other = SPLITS[1 - SPLITS.index(split)]
     paths = sorted(glob.glob(os.path.join(glob.escape(data_dir), f"*{split}*.bin")))
     ambiguous = [p for p in paths if other in os.path.basename(p)]
@@ -83,11 +89,11 @@ class TokenDataset:
     own size when meta.json records it) and raises DataError. `notes` lists the checks that could not be made.
     """
 
-    def __init__(self, data_dir: str, split: str, seq_len: int, vocab_size: int, fmt: str = "auto"):
+    def __init__(self, data_dir: str, split: str, seq_len: int, vocab_size: int, fmt: str = "auto", source: str = ""):
         if seq_len < 1:
             raise ConfigError(f"sequence length {seq_len} must be positive")
         self.data_dir, self.split, self.seq_len, self.vocab_size = data_dir, split, seq_len, vocab_size
-        self.paths = find_shards(data_dir, split)
+        self.paths = find_shards(data_dir, split, source)
         if fmt == "auto":
             check_one_format(data_dir)
         n_vocab, source = tokenizer_vocab(data_dir)
