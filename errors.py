@@ -62,5 +62,14 @@ def main_guard(main):
     try:
         return main()
     except NanoptimError as e:
-        print(f"{getattr(e, 'prefix', 'error')}: {e}", file=sys.stderr)
+        if not _printed_by_launcher():
+            print(f"{getattr(e, 'prefix', 'error')}: {e}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 2))
+
+
+def _printed_by_launcher() -> bool:
+    """A worker of run.sh's torchrun leaves its error to run.sh, which prints the fatal file's line once."""
+    import os
+
+    path = os.environ.get("NANOPTIM_FATAL_FILE")
+    return bool(path) and os.path.isfile(path) and "TORCHELASTIC_RUN_ID" in os.environ

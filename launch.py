@@ -4,6 +4,7 @@ translation of an unwritable run directory into one line.
 """
 
 import errno
+import logging
 import os
 import shlex
 import signal
@@ -91,6 +92,8 @@ def check_earlier_fatal_error() -> None:
 
 
 def record_fatal_error(e: NanoptimError) -> None:
+    """Under run.sh: write the error to the fatal file (run.sh prints it, once) and, for an error a restart cannot
+    fix, ask the torchrun agent to stop now rather than restart the group --max-restarts times."""
     path = os.environ.get(FATAL_FILE_ENV)
     if not path:
         return
@@ -98,7 +101,39 @@ def record_fatal_error(e: NanoptimError) -> None:
         atomic_write(path, lambda f: f.write(f"{type(e).__name__} {e}\n".encode()),
                                 tmp=f"{path}.{os.getpid()}.tmp")
     except OSError:
-        pass  # best effort: without it torchrun merely retries
+        return  # best effort: without it torchrun merely retries
+    if "TORCHELASTIC_RUN_ID" in os.environ and not isinstance(e, Interrupted) and os.getppid() > 1:
+        os.kill(os.getppid(), signal.SIGTERM)  # our parent is the agent (launch.py torchrun, below)
+
+
+def torchrun(argv: list[str]) -> int:
+    """torchrun as run.sh runs it (`python launch.py <torchrun arguments>`): the agent's own log lines at ERROR level
+    only, and a failure as its exit code instead of a ChildFailedError traceback; run.sh turns a recorded fatal
+    error into one line. Crashed workers are still restarted (--max-restarts), and their output is untouched."""
+    os.environ.setdefault("LOGLEVEL", "ERROR")  # read by torch.distributed.elastic's loggers when imported
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    for name in list(logging.root.manager.loggerDict):  # some were created before LOGLEVEL was set
+        if name.startswith("torch.distributed") and os.environ["LOGLEVEL"] == "ERROR":
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as e:
+        rank, failure = min(e.failures.items())
+        if not os.path.isfile(os.environ.get(FATAL_FILE_ENV) or ""):
+            print(f"error: worker rank {rank} failed with exit code {failure.exitcode} after the restarts "
+                  f"(its output is above)", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    except SignalException as e:
+        return 128 + int(e.sigval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(torchrun(sys.argv[1:]))
 
 
 def run_dir_error(e: OSError, run_dir: str) -> RunDirError | None:

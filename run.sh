@@ -107,7 +107,7 @@ else
     RDZV=(--nnodes="$NNODES" --node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}"
           --master_port="${MASTER_PORT:-29500}")
   fi
-  run_forwarding $PY -m torch.distributed.run "${RDZV[@]}" --nproc_per_node="$NPROC" --max-restarts="$MAX_RESTARTS" \
+  run_forwarding $PY launch.py "${RDZV[@]}" --nproc_per_node="$NPROC" --max-restarts="$MAX_RESTARTS" \
     train.py "$CONFIG" "${OVERRIDES[@]}" || rc=$?
   if [ "$rc" -ne 0 ] && [ -f "$NANOPTIM_FATAL_FILE" ]; then
     read -r kind message < "$NANOPTIM_FATAL_FILE"

@@ -419,15 +419,15 @@ def test_elastic_restart_after_a_worker_is_killed(byte_data, tmp_path):
 
 def test_user_error_under_torchrun_is_not_retried(byte_data, tmp_path):
     """A deterministic failure (here a non-finite gradient with nonfinite=stop) is not re-run by torchrun's
-    restarts: the restarted workers fail at once and run.sh ends with one error line, exit code 2."""
+    restarts: the worker stops the agent at once, and run.sh prints the error once (not once per rank or attempt),
+    with no torchrun log lines or ChildFailedError traceback, exit code 2."""
     run_dir = str(tmp_path / "run")
-    proc = run(["bash", "run.sh", *args(byte_data, run_dir)], NPROC="2", MAX_RESTARTS="1",
+    proc = run(["bash", "run.sh", *args(byte_data, run_dir)], NPROC="2", MAX_RESTARTS="3",
                faults=[dict(hook="step", action="inf_grad", n=4)])
     assert proc.returncode == 2, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: non-finite gradient at step 3"), last
-    assert "not retried" in proc.stderr  # the restarted attempt stopped on the recorded error
-    assert proc.stdout.count("resumed from step") == 0  # and did not re-run any training
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: non-finite gradient at step 3"), proc.stderr[-3000:]
+    assert proc.stdout.count("resumed from step") == 0  # no restarted attempt re-ran any training
 
 
 # ----------------------------------------------------------------------------- different world size on resume
