@@ -57,8 +57,14 @@ def setup_distributed(device_choice: str):
     return True, rank, local_rank, world_size, device
 
 
+# Each one stops the run at the end of the current step with a checkpoint, exit code 128 + signal, never restarted:
+# Ctrl-C, SIGTERM (kill, Kubernetes, SLURM at the time limit) and SIGUSR1 (SLURM's early warning: `#SBATCH
+# --signal=USR1@120` sends it 120 s before the time limit, the grace for one step and the checkpoint).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
 class StopRequest:
-    """A signal handler for SIGINT (Ctrl-C) and SIGTERM (schedulers' preemption notice): the first one lets the current
+    """A signal handler for STOP_SIGNALS (Ctrl-C, schedulers' preemption notices): the first one lets the current
     step finish, then the run checkpoints, prints one line and exits 128 + signal; a second one exits at once."""
 
     def __init__(self):
@@ -87,7 +93,8 @@ def check_earlier_fatal_error() -> None:
             kind, _, message = f.read().strip().partition(" ")
         message = f"{message} (an earlier attempt stopped on this; not retried)"
         if kind == Interrupted.__name__:
-            raise Interrupted(message, signal.SIGTERM if message.startswith("SIGTERM") else signal.SIGINT)
+            signum = next((sig for sig in STOP_SIGNALS if message.startswith(sig.name)), signal.SIGINT)
+            raise Interrupted(message, signum)
         raise ERRORS.get(kind, NanoptimError)(message)
 
 

@@ -79,12 +79,13 @@ run_forwarding() {
   "$@" &
   local child=$! code=0
   trap 'kill -TERM "$child" 2>/dev/null' TERM
+  trap 'kill -USR1 "$child" 2>/dev/null' USR1
   trap ':' INT
   while true; do
     wait "$child" && code=0 || code=$?
     kill -0 "$child" 2>/dev/null || break  # a trapped signal interrupted `wait`: the child still runs, wait again
   done
-  trap - TERM INT
+  trap - TERM INT USR1
   return "$code"
 }
 
@@ -94,8 +95,8 @@ if [ "$NPROC" -eq 1 ] && [ "$NNODES" -eq 1 ]; then
   while true; do
     rc=0
     run_forwarding $PY train.py "$CONFIG" "${OVERRIDES[@]}" || rc=$?
-    # 0 done, 2 user error (one line already printed), 130/143 interrupted by the user or the scheduler
-    case $rc in 0|2|130|143) break ;; esac
+    # 0 done, 2 user error (one line already printed), 130/143/138 stopped by Ctrl-C, SIGTERM or SIGUSR1
+    case $rc in 0|2|130|143|138) break ;; esac
     [ "$attempt" -lt "$MAX_RESTARTS" ] || break
     attempt=$((attempt + 1))
     echo "train.py exited with code $rc; restart $attempt of $MAX_RESTARTS (resuming from the last checkpoint)"
@@ -113,7 +114,7 @@ else
     read -r kind message < "$NANOPTIM_FATAL_FILE"
     if [ "$kind" = Interrupted ]; then  # a signal stopped the workers at a checkpoint: not an error, not retried
       echo "stopped: $message" >&2
-      case $message in SIGTERM*) rc=143 ;; *) rc=130 ;; esac
+      case $message in SIGTERM*) rc=143 ;; SIGUSR1*) rc=138 ;; *) rc=130 ;; esac
     else
       echo "error: $message" >&2
       rc=2

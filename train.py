@@ -212,7 +212,7 @@ def train(cfg, log=print) -> dict:
     if not master:
         log = lambda *a, **k: None
     stop = launch.StopRequest()
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, stop) for s in launch.STOP_SIGNALS}
     try:
         return _train(cfg, ddp, rank, world_size, device, master, log, stop)
     finally:

@@ -480,10 +480,11 @@ def _wait_for_step(proc, k):
     raise AssertionError("the run ended before step %d" % k)
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGUSR1, 138)])
 def test_a_signal_stops_at_a_step_with_a_checkpoint(byte_data, reference, tmp_path, sig, code):
-    """Ctrl-C (SIGINT) or a scheduler's SIGTERM: the current step finishes, a checkpoint of it is written, one line
-    is printed, exit 130 / 143; rerunning the same command resumes from it and ends bit-identical."""
+    """Ctrl-C (SIGINT), a scheduler's SIGTERM or SLURM's SIGUSR1 warning: the current step finishes, a checkpoint
+    of it is written, one line is printed, exit 130 / 143 / 138; rerunning the same command resumes from it and
+    ends bit-identical."""
     run_dir = str(tmp_path / "run")
     proc = subprocess.Popen([sys.executable, "train.py", *args(byte_data, run_dir)], cwd=ROOT, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
