@@ -14,6 +14,10 @@ its overrides
 (optimizer.lr=1e-3, optimizer.lion_lr=5e-5 -> lr1e-3_lion_lr5e-5); the sweep name (the wandb group)
 is the basename of DIR, by default runs/sweep_<BASE stem>.
 
+Before any cell starts (and with --dry-run, instead of starting them), every cell's config is loaded and
+validated as train.py will (config.load_config(BASE.toml, overrides, full_check=True)): a bad cell, e.g. a grid
+key the chosen optimizer does not take, is one line naming the cell and the problem, and nothing runs (exit 2).
+
 Restartable: a cell whose DIR/<cell>/final.json exists is finished and skipped; an unfinished cell
 is launched again and train.py resumes it from its checkpoint. A failing cell is recorded and the
 sweep goes on; the exit code is 1 if any cell failed.
@@ -21,10 +25,14 @@ sweep goes on; the exit code is 1 if any cell failed.
 At the end: DIR/summary.md (every cell, its status and best val loss) and DIR/heatmap.png (best val
 loss per cell: a heatmap for two grid keys, a line for one; with three or more, the heatmap shows
 the first two keys, each cell the minimum over the others), annotated, best cell marked, in the
-style of the LionMuon paper's learning-rate heatmap (Figure 5).
+style of the LionMuon paper's learning-rate heatmap (Figure 5). Only finished cells have a value: a failed
+or unfinished one is "failed" / "n/a" in the figure and "—" in the table, and when no cell finished no
+figure is drawn.
 """
 
 import argparse
+import dataclasses
+import difflib
 import hashlib
 import itertools
 import math
@@ -35,7 +43,7 @@ import shutil
 import subprocess
 import sys
 
-from config import SECTIONS
+from config import SECTIONS, RunConfig, load_config
 from errors import ConfigError, main_guard
 from plot import fmt_flops, fmt_loss, fmt_time, load_run
 
@@ -51,6 +59,13 @@ def _check_key(key, where):
     if key in RESERVED:
         raise ConfigError(f"{where}: {key} is set by the sweep for every cell. Remove it; use --out to "
                           f"choose where the runs go")
+    section, name = parts
+    if section != "optimizer":  # an optimizer key is checked per cell, against the recipe that cell runs
+        fields = [f.name for f in dataclasses.fields(type(getattr(RunConfig(), section)))]
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"did you mean {section}.{close[0]}? " if close else ""
+            raise ConfigError(f"{where}: unknown key {key}; {hint}valid keys of [{section}]: {', '.join(fields)}")
 
 
 def parse_grid(specs):
@@ -59,7 +74,9 @@ def parse_grid(specs):
     for spec in specs:
         key, sep, values = spec.partition("=")
         if not sep:
-            raise ConfigError(f"--grid {spec!r} has no '='. Write --grid section.key=v1,v2")
+            example = key if key.count(".") == 1 else "optimizer.lr"
+            raise ConfigError(f"--grid {spec!r} has no '=' and so no values. Write --grid {example}=V1,V2,..., "
+                              f"e.g. --grid optimizer.lr=1e-3,3e-3")
         _check_key(key, f"--grid {spec}")
         vals = values.split(",")
         if any(not v for v in vals):
@@ -131,9 +148,30 @@ def _launcher_argv(launcher):
     return argv
 
 
-def cell_command(launcher_argv, base, extra, overrides, cell_dir, name, group):
-    return (launcher_argv + [base] + [f"--{k}={v}" for k, v in extra + overrides]
+def cell_overrides(extra, overrides, cell_dir, name, group):
+    """The overrides a cell passes to train.py: the extra ones, the cell's grid values, then where it logs."""
+    return ([f"--{k}={v}" for k, v in extra + overrides]
             + [f"--logging.run_dir={cell_dir}", f"--logging.run_name={name}", f"--logging.group={group}"])
+
+
+def cell_command(launcher_argv, base, extra, overrides, cell_dir, name, group):
+    return launcher_argv + [base] + cell_overrides(extra, overrides, cell_dir, name, group)
+
+
+def check_cells(base, extra, cells, out, group):
+    """[(cell name, problem)] for every cell whose config does not load and validate as train.py will load it.
+
+    Runs config.load_config with full_check=True (the recipe against its optimizer's constructor, the model size),
+    so a grid key or value the chosen optimizer rejects is found before any cell starts.
+    """
+    bad = []
+    for name, overrides in cells:
+        cell_dir = os.path.join(os.path.abspath(out), name)
+        try:
+            load_config(base, cell_overrides(extra, overrides, cell_dir, name, group), full_check=True)
+        except ConfigError as e:
+            bad.append((name, str(e)))
+    return bad
 
 
 def _cell_result(cell_dir, name, overrides, status):
@@ -168,8 +206,9 @@ def summary_markdown(results, grid, base, sweep_name, command):
               "| --- | " + " | ".join("---" for _ in keys) + " | --- | ---: | ---: | ---: | ---: |"]
     for c, loss in zip(results, losses):
         r = c["run"]
+        # Only a finished cell has numbers: a failed or stopped run's partial losses are not comparable.
         nums = ([fmt_loss(r.best_val_loss), fmt_loss(r.final_val_loss), fmt_flops(r.total_flops),
-                 fmt_time(r.elapsed_s)] if r is not None else ["—"] * 4)
+                 fmt_time(r.elapsed_s)] if r is not None and c["finished"] else ["—"] * 4)
         if loss == best:
             nums[0] = f"**{nums[0]}**"
         vals = [v for _, v in c["overrides"]]
@@ -198,8 +237,22 @@ def heatmap_matrix(results, grid):
     return m
 
 
+def _missing_label(cells):
+    """What a point or square without a value shows: "failed" if one of its cells failed, else "n/a"."""
+    return "failed" if any(c["status"].startswith("failed") for c in cells) else "n/a"
+
+
+def plottable(results):
+    """True if at least one cell finished with a finite best val loss (else there is nothing to draw)."""
+    return any(math.isfinite(_best(c)) for c in results)
+
+
 def plot_heatmap(results, grid, out, title="best validation loss"):
-    """Best val loss per cell: heatmap over the first two grid keys (min over any others), or a line for one key."""
+    """Best val loss per cell: heatmap over the first two grid keys (min over any others), or a line for one key.
+
+    Returns False and draws nothing when no cell has a value (every cell failed or is unfinished)."""
+    if not plottable(results):
+        return False
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -216,11 +269,13 @@ def plot_heatmap(results, grid, out, title="best validation loss"):
             ax.set_xscale("log")
         ax.set_xticks(pos, vals)
         ax.minorticks_off()
-        for p, y in zip(pos, ys):
+        by_value = {c["overrides"][0][1]: c for c in results}
+        for v, p, y in zip(vals, pos, ys):
             if math.isfinite(y):
                 ax.annotate(fmt_loss(y), (p, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-            else:  # failed / missing cell: say so at the bottom of the axes
-                ax.text(p, 0.02, "n/a", transform=ax.get_xaxis_transform(), ha="center", fontsize=8, color="grey")
+            else:  # failed / missing cell: no point, say so at the bottom of the axes
+                ax.text(p, 0.02, _missing_label([by_value[v]] if v in by_value else []),
+                        transform=ax.get_xaxis_transform(), ha="center", fontsize=8, color="grey")
         finite = [(y, p) for p, y in zip(pos, ys) if math.isfinite(y)]
         if finite:
             y, p = min(finite)
@@ -245,9 +300,12 @@ def plot_heatmap(results, grid, out, title="best validation loss"):
         ax.set_xlabel(ckey)
         ax.set_ylabel(rkey)
         best = np.unravel_index(np.nanargmin(m), m.shape) if np.isfinite(m).any() else None
+        def square(i, j):
+            return [c for c in results if c["overrides"][0][1] == rvals[i] and c["overrides"][1][1] == cvals[j]]
+
         for i in range(len(rvals)):
             for j in range(len(cvals)):
-                text = fmt_loss(m[i, j]) if np.isfinite(m[i, j]) else "n/a"
+                text = fmt_loss(m[i, j]) if np.isfinite(m[i, j]) else _missing_label(square(i, j))
                 bold = best is not None and (i, j) == tuple(best)
                 ax.text(j, i, text + (" ★" if bold else ""), ha="center", va="center", fontsize=9,
                         fontweight="bold" if bold else "normal")
@@ -259,20 +317,32 @@ def plot_heatmap(results, grid, out, title="best validation loss"):
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+    return True
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one `error:` line (main_guard), not argparse's usage block
+        raise ConfigError(f"{message}. See python sweep.py --help")
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     extra_args = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                epilog="Overrides after -- apply to every cell, e.g. -- --train.max_steps=2000")
+    p = _Parser(description=__doc__.split("\n")[0],
+                epilog="Overrides after -- apply to every cell, e.g. -- --train.max_steps=2000")
     p.add_argument("base", metavar="BASE.toml")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a grid axis (repeatable)")
     p.add_argument("--out", default=None, help="sweep directory (default runs/sweep_<BASE stem>)")
     p.add_argument("--launcher", default=None, help="command that runs one config (default: bash run.sh)")
-    p.add_argument("--dry-run", action="store_true", help="print the cell commands and exit")
-    args = p.parse_args(argv)
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate every cell's config, print the commands of the valid cells, and exit")
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        if all(a.startswith("--") and "." in a.split("=")[0] for a in unknown):
+            raise ConfigError(f"{' '.join(unknown)}: config overrides for every cell go after a lone `--`, e.g. "
+                              f"python sweep.py BASE.toml --grid optimizer.lr=1e-3,3e-3 -- {unknown[0]}")
+        raise ConfigError(f"unrecognized arguments: {' '.join(unknown)}. See python sweep.py --help")
 
     if not os.path.isfile(args.base):
         raise ConfigError(f"base config {args.base} not found. Pass an existing TOML file")
@@ -284,18 +354,36 @@ def main(argv=None):
     sweep_name = os.path.basename(os.path.normpath(os.path.abspath(out)))
     launcher = _launcher_argv(args.launcher)
     cells = cell_names(grid)
+    base = os.path.abspath(args.base)
+
+    # Every cell's config is checked before any cell starts: a grid key the chosen optimizer rejects would otherwise
+    # fail every cell, one after the other.
+    bad = check_cells(base, extra, cells, out, sweep_name)
+    for name, problem in bad:
+        print(f"error: cell {name}: {problem}", file=sys.stderr)
+    if bad and not args.dry_run:
+        raise ConfigError(f"{len(bad)} of {len(cells)} cells have an invalid config (above), so no cell was started. "
+                          f"Fix the --grid values or the overrides after --, and check with --dry-run")
+    if args.dry_run:
+        bad_names = {n for n, _ in bad}
+        for name, overrides in cells:
+            if name in bad_names:
+                continue
+            cell_dir = os.path.join(out, name)
+            cmd = cell_command(launcher, base, extra, overrides, os.path.abspath(cell_dir), name, sweep_name)
+            done = os.path.isfile(os.path.join(cell_dir, "final.json"))
+            print(("# finished, would skip: " if done else "") + shlex.join(cmd))
+        if bad:
+            raise ConfigError(f"{len(bad)} of {len(cells)} cells have an invalid config (above). Fix the --grid "
+                              f"values or the overrides after --")
+        return 0
 
     results, failed = [], 0
     try:
         for n, (name, overrides) in enumerate(cells, 1):
             cell_dir = os.path.join(out, name)
-            cmd = cell_command(launcher, os.path.abspath(args.base), extra, overrides, os.path.abspath(cell_dir),
-                               name, sweep_name)
-            done = os.path.isfile(os.path.join(cell_dir, "final.json"))
-            if args.dry_run:
-                print(("# finished, would skip: " if done else "") + shlex.join(cmd))
-                continue
-            if done:
+            cmd = cell_command(launcher, base, extra, overrides, os.path.abspath(cell_dir), name, sweep_name)
+            if os.path.isfile(os.path.join(cell_dir, "final.json")):
                 print(f"[sweep {n}/{len(cells)}] {name}: finished earlier, skipping", flush=True)
                 results.append(_cell_result(cell_dir, name, overrides, "finished earlier"))
                 continue
@@ -311,19 +399,22 @@ def main(argv=None):
             results.append(_cell_result(cell_dir, name, overrides, status))
     finally:
         # Also on Ctrl-C: summarise what has run so far (a rerun picks up the rest).
-        if not args.dry_run and results:
+        if results:
             for name, overrides in cells[len(results):]:
                 results.append(_cell_result(os.path.join(out, name), name, overrides, "not run"))
             os.makedirs(out, exist_ok=True)
-            template = shlex.join(cell_command(launcher, os.path.abspath(args.base), extra,
-                                               [(k, "…") for k, _ in grid],
+            template = shlex.join(cell_command(launcher, base, extra, [(k, "…") for k, _ in grid],
                                                os.path.join(os.path.abspath(out), "<cell>"), "<cell>", sweep_name))
             summary = summary_markdown(results, grid, args.base, sweep_name, template)
-            with open(os.path.join(out, "summary.md"), "w") as f:
+            summary_path, figure = os.path.join(out, "summary.md"), os.path.join(out, "heatmap.png")
+            with open(summary_path, "w") as f:
                 f.write(summary)
-            plot_heatmap(results, grid, os.path.join(out, "heatmap.png"), f"best validation loss, sweep {sweep_name}")
             print(summary, end="")
-            print(f"wrote {os.path.join(out, 'summary.md')} and {os.path.join(out, 'heatmap.png')}", file=sys.stderr)
+            if plot_heatmap(results, grid, figure, f"best validation loss, sweep {sweep_name}"):
+                print(f"wrote {summary_path} and {figure}", file=sys.stderr)
+            else:
+                print(f"wrote {summary_path}; no cell finished, so no {os.path.basename(figure)} was drawn",
+                      file=sys.stderr)
     if failed:
         print(f"error: {failed} of {len(cells)} cells did not finish (see {os.path.join(out, 'summary.md')}). "
               f"Fix the cause and rerun the same command: finished cells are skipped", file=sys.stderr)

@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Stands in for `bash run.sh`: logs its argv, then writes metrics.jsonl + final.json into
 # --logging.run_dir with a val loss that is lowest at lr=3e-3, lion_lr=1e-4. Fails (exit 3, partial
-# metrics, no final.json) for the cell named in $FAKE_FAIL.
+# metrics, no final.json) for the cells named in $FAKE_FAIL (comma-separated).
 FAKE_LAUNCHER = textwrap.dedent('''
     import json, math, os, sys
     base, args = sys.argv[1], dict(a[2:].split("=", 1) for a in sys.argv[2:])
@@ -32,7 +32,7 @@ FAKE_LAUNCHER = textwrap.dedent('''
         c = dict(step=step, tokens=100 * step, model_flops=1e9 * step, optimizer_flops=1e7 * step,
                  total_flops=1.01e9 * step, elapsed_s=0.1 * step)
         recs.append(dict(kind="eval", val_loss=vl, **c))
-    fail = os.environ.get("FAKE_FAIL") == name
+    fail = name in os.environ.get("FAKE_FAIL", "").split(",")
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\\n" for r in (recs[:2] if fail else recs))
     if fail:
@@ -96,17 +96,18 @@ def test_cell_names():
     names = [n for n, _ in sweep.cell_names(sweep.parse_grid(["optimizer.name=adamw,lion", "train.seed=0,1"]))]
     assert names == ["name-adamw_seed0", "name-adamw_seed1", "name-lion_seed0", "name-lion_seed1"]
     # Same short key in two sections -> full keys; values that slug to the same name -> hashed, still unique.
-    names = [n for n, _ in sweep.cell_names(sweep.parse_grid(["optimizer.lr=1e-3", "data.lr=a/b,a-b"]))]
-    assert len(set(names)) == 2 and all(n.startswith("optimizer_lr1e-3_data_lr-a-b-") for n in names)
+    names = [n for n, _ in sweep.cell_names(sweep.parse_grid(["optimizer.dir=1e-3", "data.dir=a/b,a-b"]))]
+    assert len(set(names)) == 2 and all(n.startswith("optimizer_dir1e-3_data_dir-a-b-") for n in names)
     assert all("/" not in n and len(n) <= sweep.MAX_NAME for n in names)
     long = [n for n, _ in sweep.cell_names(sweep.parse_grid(["data.dir=" + "x" * 300]))]
     assert len(long[0]) <= sweep.MAX_NAME
 
 
 @pytest.mark.parametrize("grid, match", [
-    ("optimizer.lr", "no '='"), ("lr=1e-3", "not a config key"), ("optim.lr=1", "not a config key"),
-    ("logging.run_dir=a,b", "set by the sweep"), ("optimizer.lr=1e-3,,3e-3", "empty value"),
-    ("optimizer.lr=1,1", "repeats"),
+    ("optimizer.lr", "no '=' and so no values. Write --grid optimizer.lr=V1,V2"), ("lr=1e-3", "not a config key"),
+    ("optim.lr=1", "not a config key"), ("logging.run_dir=a,b", "set by the sweep"),
+    ("optimizer.lr=1e-3,,3e-3", "empty value"), ("optimizer.lr=1,1", "repeats"),
+    ("train.max_step=10,20", "unknown key train.max_step; did you mean train.max_steps?"),
 ])
 def test_bad_grid(grid, match):
     with pytest.raises(ConfigError, match=match):
@@ -141,6 +142,7 @@ def test_resume_half_finished_grid(env, capsys):
                        "--logging.run_name=lr1e-3_lion_lr1e-4", "--logging.group=sw"]
     rows = summary_rows(env["out"] / "summary.md")
     assert rows["lr1e-2_lion_lr1e-4"][3] == "failed (exit 3)"
+    assert rows["lr1e-2_lion_lr1e-4"][4:] == ["—"] * 4  # its partial metrics are not a result
     assert rows["lr3e-3_lion_lr1e-4"][3] == "done" and rows["lr3e-3_lion_lr1e-4"][4] == "**3.0000**"
     assert is_png(env["out"] / "heatmap.png")
 
@@ -195,3 +197,91 @@ def test_three_axes_heatmap_takes_min(env):
     assert m[0, 0] == pytest.approx(3.0)  # seed1 still finished
     by_name["lr3e-3_lion_lr1e-4_seed1"]["finished"] = False
     assert math.isnan(sweep.heatmap_matrix(results, grid)[0, 0])
+
+
+def sweep_cli(*args):
+    return subprocess.run([sys.executable, "sweep.py", *args], cwd=REPO, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--grid", "optimizer.lr"], "--grid optimizer.lr=V1,V2"),
+    (["--grid", "train.max_stepz=1,2"], "did you mean train.max_steps?"),
+    (["--grid"], "expected one argument"),
+    (["--grid", "optimizer.lr=1e-3", "--train.max_steps=5"], "go after a lone `--`"),
+])
+def test_bad_grid_is_one_error_line(args, match):
+    p = sweep_cli("configs/repro_cpu.toml", *args)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.startswith("error:") and p.stderr.count("\n") == 1 and match in p.stderr, p.stderr
+
+
+def test_dry_run_validates_every_cell(env, capsys):
+    # One good and one bad value: the good cell's command is printed, the bad one is a line naming cell and problem.
+    with pytest.raises(ConfigError, match="1 of 2 cells have an invalid config"):
+        env["run"]("optimizer.lr=1e-3,abc", dry=True)
+    out, err = capsys.readouterr()
+    assert out.count("--logging.run_name=") == 1 and "--optimizer.lr=1e-3 " in out
+    assert err.splitlines() == ["error: cell lr-abc: optimizer.lr = 'abc' has the wrong type: expected float"]
+    # The extra overrides count too: with them, every cell is bad.
+    with pytest.raises(ConfigError, match="2 of 2 cells"):
+        env["run"]("optimizer.lr=1e-3,3e-3", extra=["--train.max_steps=0"], dry=True)
+    assert capsys.readouterr().err.count("train.max_steps = 0 must be > 0") == 2
+    assert env["invocations"]() == [] and not env["out"].exists()
+
+
+def test_a_grid_key_the_optimizer_rejects_fails_before_any_cell(env, tmp_path, capsys):
+    # lion_lr is not an AdamW argument: without --dry-run too, nothing starts.
+    grid = ("optimizer.lr=1e-3,3e-3", "optimizer.lion_lr=1e-4,3e-4")
+    with pytest.raises(ConfigError, match="4 of 4 cells have an invalid config .* no cell was started"):
+        env["run"](*grid, extra=["--optimizer.name=adamw"])
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4 and all(l.startswith("error: cell lr") and "not used by optimizer 'adamw'" in l for l in err)
+    assert env["invocations"]() == [] and not env["out"].exists()
+    # The README's example, against the real config: every cell is valid (commands only, nothing runs).
+    p = sweep_cli("configs/repro_cpu.toml", "--out", str(tmp_path / "readme"), "--dry-run",
+                  "--grid", "optimizer.lr=3e-3,1e-2", "--grid", "optimizer.lion_lr=1e-4,3e-4",
+                  "--", "--optimizer.name=lionmuon_p2", "--train.max_steps=50")
+    assert p.returncode == 0 and p.stderr == "" and p.stdout.count("run.sh") == 4, p.stderr
+    p = sweep_cli("configs/repro_cpu.toml", "--out", str(tmp_path / "readme"), "--dry-run",
+                  "--grid", "optimizer.lion_lr=1e-4,3e-4", "--", "--optimizer.name=adamw")
+    assert p.returncode == 2 and p.stdout == "" and p.stderr.count("\n") == 3, p.stderr
+    assert p.stderr.startswith("error: cell lion_lr1e-4: unknown key optimizer.lion_lr")
+
+
+def figure_texts(monkeypatch):
+    """Collect the texts of every axes of each figure sweep.py saves."""
+    import matplotlib.figure
+
+    texts, save = [], matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *a, **k):
+        texts.append([t.get_text() for ax in fig.axes for t in ax.texts])
+        return save(fig, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    return texts
+
+
+def test_failed_cells_have_no_value_and_all_failed_draws_nothing(env, capsys):
+    texts = figure_texts(env["monkeypatch"])
+    grid = ("optimizer.lr=1e-3,3e-3", "optimizer.lion_lr=1e-4,3e-4")
+    env["monkeypatch"].setenv("FAKE_FAIL", "lr3e-3_lion_lr1e-4")
+    assert env["run"](*grid) == 1
+    assert is_png(env["out"] / "heatmap.png")
+    (labels,) = texts
+    assert labels.count("failed") == 1 and sum(t.endswith("★") for t in labels) == 1  # 3 values, one failed square
+    assert summary_rows(env["out"] / "summary.md")["lr3e-3_lion_lr1e-4"][4] == "—"
+
+
+
+@pytest.mark.parametrize("grid", [("optimizer.lr=1e-3,3e-3",), ("optimizer.lr=1e-3,3e-3", "optimizer.lion_lr=1e-4")])
+def test_all_cells_failed_draws_no_figure(env, capsys, grid):
+    texts = figure_texts(env["monkeypatch"])
+    env["monkeypatch"].setenv("FAKE_FAIL", ",".join(n for n, _ in sweep.cell_names(sweep.parse_grid(grid))))
+    assert env["run"](*grid) == 1
+    err = capsys.readouterr().err
+    assert texts == [] and not (env["out"] / "heatmap.png").exists()
+    assert err.count("no cell finished, so no heatmap.png was drawn") == 1
+    rows = summary_rows(env["out"] / "summary.md")
+    assert len(rows) == 2 and all(r[len(grid) + 1] == "failed (exit 3)" and r[len(grid) + 2] == "—"
+                                  for r in rows.values())
