@@ -7,7 +7,8 @@
 #   bash benchmarks/repro_cpu.sh check        # every recipe of configs/repro_cpu.toml loads and validates
 #   bash benchmarks/repro_cpu.sh sweep [1-5]  # LR sweeps (all phases or one), 50 steps, seed 0: OUT/sweep_<method>*/
 #   bash benchmarks/repro_cpu.sh final        # the 13 recipes x seeds 1, 2, 3, 100 steps: OUT/final/
-#   bash benchmarks/repro_cpu.sh report       # docs/results/: tables, PNGs, the runs' metrics (no training)
+#   bash benchmarks/repro_cpu.sh report       # docs/results/: tables, PNGs, the runs' metrics (no training); never
+#                                             # replaces results with less: no runs = an error, nothing written
 #   bash benchmarks/repro_cpu.sh pick         # each sweep's best LR next to the LR in its config (warns on mismatch)
 #
 # Environment: JOBS (runs at once, default 2: one per core), OUT (default runs/repro), PYTHON (default python3).
@@ -185,8 +186,26 @@ from config import load_config
 out, specs = sys.argv[1], [a.split(":") for a in sys.argv[2:]]  # (method, sweep dir, grid key) per sweep
 methods = list(dict.fromkeys(m for m, _, _ in specs))
 res = "docs/results"
-os.makedirs(res, exist_ok=True)
 SEEDS = (1, 2, 3)
+
+
+def finished(d):
+    return os.path.isfile(os.path.join(d, "final.json"))
+
+
+def sweep_cells(d):
+    return [os.path.join(d, c) for c in sorted(os.listdir(d)) if finished(os.path.join(d, c))] if os.path.isdir(d) else []
+
+
+# A report never replaces results with less: with no runs at all it writes nothing; the sweep files are rewritten only
+# when some sweep ran here, the final-run files only when some final run did (missing ones keep their committed data).
+have_sweeps = any(sweep_cells(d) for _, d, _ in specs)
+have_finals = any(finished(os.path.join(out, "final", f"{m}_s{s}")) for m in methods for s in SEEDS)
+if not have_sweeps and not have_finals:
+    sys.exit(f"error: no runs under {out} (no finished {out}/sweep_*/<cell>/ or {out}/final/<method>_s<seed>/), so "
+             f"{res}/ is left as it is. Make them with `bash benchmarks/repro_cpu.sh sweep` and `bash "
+             f"benchmarks/repro_cpu.sh final` (~3 h on 2 cores), or set OUT to the directory that holds them")
+os.makedirs(res, exist_ok=True)
 NAMES = {"adamw": "AdamW", "lion": "Lion", "signum": "Signum", "muon": "Muon", "signmuon_p2": "SignMuon P=2",
          "lionmuon_p1": "LionMuon P=1", "lionmuon_p2": "LionMuon P=2", "lionmuon_p5": "LionMuon P=5",
          "olion": "OLion", "leo": "Leo", "normuon": "NorMuon", "ademamix": "AdEMAMix", "soap": "SOAP"}
@@ -215,10 +234,9 @@ if os.path.isfile(os.path.join(res, "lr_sweep.md")):
             pts = [(float(v), float(l)) for v, l in re.findall(r"([0-9.e+-]+): \**([0-9.]+)", row.group(4))]
             committed[(row.group(1), row.group(2))] = (line.strip(), row.group(3), pts, float(row.group(5)))
 sweep_rows, fig_data = [], []
-for m, d, key in specs:
+for m, d, key in (specs if have_sweeps else []):
     key = key.split(".")[1]
-    cells = [plot.load_run(os.path.join(d, c)) for c in sorted(os.listdir(d))
-             if os.path.isfile(os.path.join(d, c, "final.json"))] if os.path.isdir(d) else []
+    cells = [plot.load_run(c) for c in sweep_cells(d)]
     if not cells:
         if (NAMES[m], key) in committed:
             line, fixed, pts, chosen = committed[(NAMES[m], key)]
@@ -238,11 +256,15 @@ for m, d, key in specs:
     sweep_rows.append(f"| {NAMES[m]} | `{key}`{fixed} | " + " · ".join(cols) + f" | {chosen:g} |")
     fig_data.append((f"{NAMES[m]}{fixed}", key, [r.config["optimizer"][key] for r in cells],
                      [r.best_val_loss for r in cells], chosen))
-with open(os.path.join(res, "lr_sweep.md"), "w") as f:
-    f.write("# LR sweeps (50 steps = 102,400 tokens, seed 0; best val loss per grid value)\n\n"
-            "Bold = the sweep's best cell. `chosen` = the value in the recipe of configs/repro_cpu.toml used by "
-            "the final runs.\n\n| method | swept key | value: best val loss | chosen |\n| --- | --- | --- | ---: |\n"
-            + "\n".join(sweep_rows) + "\n")
+if have_sweeps:
+    with open(os.path.join(res, "lr_sweep.md"), "w") as f:
+        f.write("# LR sweeps (50 steps = 102,400 tokens, seed 0; best val loss per grid value)\n\n"
+                "Bold = the sweep's best cell. `chosen` = the value in the recipe of configs/repro_cpu.toml used by "
+                "the final runs.\n\n| method | swept key | value: best val loss | chosen |\n| --- | --- | --- | ---: |\n"
+                + "\n".join(sweep_rows) + "\n")
+else:
+    print(f"report: no finished sweep cells under {out}; {res}/lr_sweep.md and lr_sweep.png are left as committed",
+          file=sys.stderr)
 if fig_data:
     plt = plot._pyplot()
     ncol = 5
@@ -268,22 +290,31 @@ if fig_data:
     plt.close(fig)
 
 # ---- the final runs ---------------------------------------------------------------------------------------------
-runs, by_method = [], {}
+if not have_finals:
+    print(f"report: no finished final runs under {out}/final; the final-run files of {res}/ are left as committed. "
+          f"Make them with `bash benchmarks/repro_cpu.sh final`", file=sys.stderr)
+    print(open(os.path.join(res, "lr_sweep.md")).read())
+    sys.exit(0)
+runs, by_method, kept = [], {}, []
 for m in methods:
     for s in SEEDS:
         d = os.path.join(out, "final", f"{m}_s{s}")
-        if not os.path.isfile(os.path.join(d, "final.json")):
+        keep = os.path.join(res, "runs", f"{m}_s{s}")  # the raw numbers behind the PNGs (a few KB per run)
+        if finished(d):
+            os.makedirs(keep, exist_ok=True)
+            for fn in ("metrics.jsonl", "final.json", "config.toml"):
+                shutil.copyfile(os.path.join(d, fn), os.path.join(keep, fn))
+        elif finished(keep):  # not rerun here: its committed copy stands in, so no method or seed drops out
+            kept.append(f"{m}_s{s}")
+        else:
             continue
-        r = plot.load_run(d)
+        r = plot.load_run(keep)
         r.optimizer = NAMES[m]  # the label: the recipe's display name
         runs.append(r)
         by_method.setdefault(m, []).append(r)
-        keep = os.path.join(res, "runs", f"{m}_s{s}")  # the raw numbers behind the PNGs (a few KB per run)
-        os.makedirs(keep, exist_ok=True)
-        for fn in ("metrics.jsonl", "final.json", "config.toml"):
-            shutil.copyfile(os.path.join(d, fn), os.path.join(keep, fn))
-if not runs:
-    sys.exit(f"error: no finished final runs under {out}/final. Run `bash benchmarks/repro_cpu.sh final` first")
+if kept:
+    print(f"report: {len(kept)} final run(s) not under {out}/final use their committed copy in {res}/runs/: "
+          + ", ".join(kept), file=sys.stderr)
 with open(os.path.join(res, "runs.md"), "w") as f:
     f.write("# Every final run (plot.py's table)\n\n" + plot.markdown_table(runs))
 
