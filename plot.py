@@ -434,7 +434,7 @@ def _readable_ticks():
     """A Locator and a Formatter for a log or symlog axis that stay readable on any range: decades when the range
     spans 3 or more, 1-2-5 within each decade on 1-3 decades, evenly spaced round values within one decade (where
     matplotlib's log locator labels nothing or a single tick); a symlog axis also gets a tick at 0. Labels carry
-    the fewest digits that tell neighbouring ticks apart ("1.5e12", "2e12")."""
+    the fewest digits that write each tick exactly ("1.5e12", "2e12")."""
     from matplotlib.ticker import Formatter, Locator
 
     class ReadableLocator(Locator):
@@ -460,9 +460,8 @@ def _readable_ticks():
 
         def set_locs(self, locs):
             super().set_locs(locs)
-            for self.digits in range(1, 8):
-                texts = [_short_number(v, self.digits) for v in locs]
-                if len(set(texts)) == len(texts):
+            for self.digits in range(1, 8):  # the fewest digits that still write every tick exactly
+                if all(math.isclose(float(_short_number(v, self.digits)), v, rel_tol=1e-9) for v in locs):
                     break
 
         def __call__(self, x, pos=None):
@@ -474,11 +473,13 @@ def _readable_ticks():
 def _readable_log_x(ax, xs):
     """Log x axis over the values xs, with readable ticks; when some x is 0 (the step-0 eval on a FLOPs axis), a
     symlog axis, linear from 0 to the smallest positive x (12 % of the width) and log above, so that point shows.
-    Returns the linear range's end, or None for a plain log axis."""
+    Returns the linear range's end, or None for a plain log axis (or a linear one when no x is positive)."""
     from matplotlib.ticker import NullLocator
 
     pos = [x for x in xs if x > 0]
-    lo, hi = (min(pos), max(pos)) if pos else (1.0, 10.0)
+    if not pos:  # only step 0 so far: nothing to put on a log scale
+        return None
+    lo, hi = min(pos), max(pos)
     if hi <= lo:  # one positive value: show a decade around it
         lo, hi = lo / 3, hi * 3
     linthresh = None
@@ -599,7 +600,8 @@ def _dodge(xs, step=0.015, close=0.012):
 
 def draw_pareto(runs):
     """The Figure of best val loss vs total FLOPs: one point per recipe (the mean over its runs, ±1 std bar when
-    n > 1; the runs themselves as faint points) and the Pareto frontier of the recipes' means. Recipes at about the
+    n > 1, hollow when a run is unfinished; the runs themselves as faint points) and the Pareto frontier of the
+    recipes' means. Recipes at about the
     same FLOPs are drawn a little apart sideways (_dodge) so that none hides another, and the axis label says so."""
     recipes = group_recipes(runs)
     styles = recipe_styles(recipes)
@@ -621,7 +623,8 @@ def draw_pareto(runs):
             ax.plot([x * f for x in xs], ys, linestyle="none", marker=st.marker, markersize=4, color=st.color,
                     alpha=0.35, gid=f"runs:{rec.label}")
         bar = ax.errorbar([mx * f], [my], yerr=None if sd is None else [sd], color=st.color, marker=st.marker,
-                          markersize=7, capsize=4, linestyle="none", label=_legend_text(rank, rec), zorder=3)
+                          markersize=7, capsize=4, linestyle="none", label=_legend_text(rank, rec), zorder=3,
+                          markerfacecolor="white" if rec.unfinished else st.color)  # hollow: not all runs done
         bar.lines[0].set_gid(f"recipe:{rec.label}")
         drawn_x += [x * f for x in xs] + [mx * f]
     means = [(p[4], p[5]) for p in points]

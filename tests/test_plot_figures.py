@@ -82,12 +82,15 @@ def legend_texts(ax):
 
 
 def visible_tick_labels(ax, which):
-    """The tick labels a person sees on an axis: drawn, inside the view, non-empty."""
+    """The tick labels a person sees on an axis: drawn, inside the view, non-empty; each must say its tick's value."""
     ax.figure.canvas.draw()
     axis = ax.xaxis if which == "x" else ax.yaxis
     lo, hi = sorted(axis.get_view_interval())
-    return [t.get_text() for t, loc in zip(axis.get_ticklabels(), axis.get_ticklocs())
-            if lo <= loc <= hi and t.get_visible() and t.get_text()]
+    shown = [(t.get_text(), loc) for t, loc in zip(axis.get_ticklabels(), axis.get_ticklocs())
+             if lo <= loc <= hi and t.get_visible() and t.get_text()]
+    for text, loc in shown:
+        assert float(text.replace("\u2212", "-")) == pytest.approx(loc, rel=1e-6, abs=1e-9), (which, text, loc)
+    return [text for text, _ in shown]
 
 
 def data_rows(markdown):
@@ -216,6 +219,16 @@ def test_pareto_points_of_equal_flops_do_not_hide_one_another(tmp_path):
     assert len(pix) == 4
     assert min(math.dist(a, b) for i, a in enumerate(pix) for b in pix[i + 1:]) >= 6  # a marker is 7 pt wide
     assert "side by side" in ax.get_xlabel()  # and the axis says that equal FLOPs are spread out
+
+
+def test_unfinished_recipe_is_hollow_on_the_pareto_plot(tmp_path):
+    write_run(tmp_path / "done", ["--optimizer.name=adamw"], curve(9.0, 7.0), 1e8)
+    write_run(tmp_path / "half", ["--optimizer.name=muon"], curve(9.0, 6.5)[:3], 2e9, finished=False)
+    ax = plot.draw_pareto(plot.load_runs([str(tmp_path)])).axes[0]
+    points = recipe_artists(ax)
+    assert to_rgba(points["muon"].get_markerfacecolor()) == to_rgba("white")
+    assert to_rgba(points["adamw"].get_markerfacecolor()) == to_rgba(points["adamw"].get_color())
+    assert any(t.startswith("2. muon (n=1, 1 unfinished)") for t in legend_texts(ax))
 
 
 @pytest.mark.parametrize("ends", [(3.31, 3.28, 3.295), (3.2862, 3.2841, 3.2850)])
