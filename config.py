@@ -75,11 +75,14 @@ class OptimizerSection:
 
 @dataclass
 class ScheduleSection:
-    kind: str = "cosine"  # "cosine" | "wsd" (warmup-stable-decay) | "constant"
+    kind: str = "cosine"  # "cosine" | "wsd" (warmup-stable-decay) | "step" (StepLR) | "constant"; see schedule.py
     warmup_steps: int = 0
     warmup_start_factor: float = 0.01  # lr factor at step 0 (torch LinearLR semantics, as the LionMuon runs)
     min_lr_ratio: float = 0.1  # final lr / peak lr (cosine and wsd)
-    decay_fraction: float = 0.2  # wsd: the last fraction of steps decays linearly to min_lr_ratio
+    decay_fraction: float = 0.2  # wsd: the last fraction of steps cools down to min_lr_ratio
+    cooldown_shape: str = "linear"  # wsd: "linear" | "sqrt" | "cosine"
+    step_size: int = 1000  # step: multiply the lr by gamma every step_size steps after warmup
+    gamma: float = 0.1
 
 
 @dataclass
@@ -91,11 +94,14 @@ class TrainSection:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     dtype: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU) | "float32" | "bfloat16"
     compile: bool = False
-    grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
+    grad_clip: float = 1.0  # clip the gradient norm to this; 0 = no clipping (the norm is still logged)
+    grad_clip_value: float = 0.0  # first clamp each gradient entry to ±this (logged: clamped_fraction); 0 = off
     eval_interval: int = 50
     log_interval: int = 10
     nonfinite: str = "stop"  # what to do on a non-finite loss/gradient: "stop" | "skip" the step
     stop_after: int = 0  # checkpoint and exit after this many steps in this invocation (job time slots); 0 = never
+    target_val_loss: float = 0.0  # record the first step/tokens/FLOPs whose val loss is below this; 0 = none
+    stop_at_target: bool = False  # end the run there (final.json: stopped_at_target), e.g. Track 3's 3.28
 
 
 @dataclass
@@ -132,7 +138,8 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))
 CHOICES = {
     "model.arch": ("gpt2", "llama"),
     "data.format": ("auto", "llmc", "nanogpt"),
-    "schedule.kind": ("cosine", "wsd", "constant"),
+    "schedule.kind": ("cosine", "wsd", "step", "constant"),
+    "schedule.cooldown_shape": ("linear", "sqrt", "cosine"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.dtype": ("auto", "float32", "bfloat16"),
     "train.nonfinite": ("stop", "skip"),
@@ -142,7 +149,7 @@ CHOICES = {
 
 # Keys that may change when a run directory is resumed (they do not change what is being trained).
 RESUMABLE_CHANGES = ("logging.", "checkpoint.", "train.log_interval", "train.eval_interval", "train.compile",
-                     "train.micro_batch", "train.stop_after")
+                     "train.micro_batch", "train.stop_after", "data.source")
 
 
 # ----------------------------------------------------------------------------- typing helpers
@@ -420,10 +427,11 @@ def validate(cfg: RunConfig) -> None:
         if value < 0 or (value == 0 and not allow_zero):
             raise ConfigError(f"{dotted} = {value} must be {'>= 0' if allow_zero else '> 0'}")
 
-    for dotted in ("train.max_steps", "train.batch_tokens", "train.log_interval",
+    for dotted in ("train.max_steps", "train.batch_tokens", "train.log_interval", "schedule.step_size",
                    "train.eval_interval", "data.val_tokens", "model.vocab_size", "checkpoint.keep_last"):
         positive(dotted)
     for dotted in ("model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "train.grad_clip",
+                   "train.grad_clip_value", "train.target_val_loss",
                    "train.micro_batch",
                    "schedule.warmup_steps", "checkpoint.interval", "train.seed", "train.stop_after"):
         positive(dotted, allow_zero=True)
@@ -433,7 +441,7 @@ def validate(cfg: RunConfig) -> None:
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout = {cfg.model.dropout} must be in [0, 1)")
     s = cfg.schedule
-    for key in ("warmup_start_factor", "min_lr_ratio", "decay_fraction"):
+    for key in ("warmup_start_factor", "min_lr_ratio", "decay_fraction", "gamma"):
         value = getattr(s, key)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"schedule.{key} = {value} must be in [0, 1]")
@@ -508,9 +516,12 @@ def differences(a, b, ignore=RESUMABLE_CHANGES) -> list[str]:
         return {sec: {k: (list(v) if isinstance(v, tuple) else v) for k, v in (t or {}).items() if v is not None}
                 for sec, t in d.items()}
 
-    da, db = plain(a), plain(b)
+    da, db, defaults = plain(a), plain(b), plain(RunConfig())
     for d in (da, db):  # checkpoints from before recipes name the method only
         d.setdefault("optimizer", {}).setdefault("method", d["optimizer"].get("name"))
+        for section, table in defaults.items():  # a key added since a checkpoint was written: its default
+            if section != "optimizer":
+                d[section] = {**table, **d.get(section, {})}
     for section in da:
         for key in dict.fromkeys([*da[section], *db.get(section, {})]):  # a recipe may gain or lose a setting
             dotted = f"{section}.{key}"

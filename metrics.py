@@ -4,13 +4,13 @@ metrics.jsonl is the source of truth (plot.py and sweep.py read only it, so plot
 network). One JSON object per line, strict JSON (a non-finite float such as a NaN loss is written as
 `null`), every record stamped with `"time"` (unix seconds):
 
-    {"kind": "config", "config": {...resolved config...}}                         # always the first line
+    {"kind": "config", "config": {...resolved config...}, "code": {commit, dirty, diff_hash}}  # the first line
     {"kind": "train", "step", "loss", "lr", "grad_norm", "tokens", "model_flops",
      "optimizer_flops", "total_flops", "elapsed_s", "tokens_per_s", "time"}        # one per log step
     {"kind": "eval", "step", "val_loss", "tokens", "model_flops", "optimizer_flops",
      "total_flops", "elapsed_s", "time"}                                           # one per eval
-    {"kind": "resume", "step", "time"[, "config"]}   # a resumed run continues after `step`; "config"
-                                                     # only when the resumed config differs
+    {"kind": "resume", "step", "time"[, "config"][, "code"]}   # a resumed run continues after `step`;
+                                     # "config" / "code" only when the resumed config / code differs
     {"kind": "summary", ...final.json fields..., "time"}                           # written by finish()
 
 Counters (tokens, *_flops, elapsed_s) are cumulative since step 0, also across resumes. Extra keys
@@ -126,6 +126,26 @@ def _have_wandb_api_key():
     return bool(auth and auth[2])
 
 
+def code_version(root: str | None = None) -> dict:
+    """The code that produced a run: {"commit": the checkout's git HEAD, "dirty": uncommitted changes to tracked
+    files, "diff_hash": blake2b-64 of `git diff HEAD` ("" when clean)}, or {"commit": None} outside a git checkout.
+    Recorded in metrics.jsonl, config.toml, checkpoints and final.json, so results can be traced to their code."""
+    import hashlib
+    import subprocess
+
+    root = root or os.path.dirname(os.path.abspath(__file__))
+    try:
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, timeout=30, check=True).stdout
+
+        commit = git("rev-parse", "HEAD").decode().strip()
+        diff = git("diff", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None}
+    return {"commit": commit, "dirty": bool(diff), "diff_hash": hashlib.blake2b(diff, digest_size=8).hexdigest()
+            if diff else ""}
+
+
 class MetricsLogger:
     """Writes metrics.jsonl (and mirrors to wandb when asked). See the module docstring for the schema.
 
@@ -133,8 +153,9 @@ class MetricsLogger:
     """
 
     def __init__(self, run_dir, config, wandb_mode="disabled", project="nanoptim", run_name="", group="",
-                 enabled=True, resume_step=None):
+                 enabled=True, resume_step=None, code=None):
         self.enabled = enabled
+        self.code = code  # code_version() of this invocation, recorded in the config (or resume) line
         self._wandb = None  # the wandb Run, when wandb is live
         self._warned = set()
         if not enabled:
@@ -165,7 +186,10 @@ class MetricsLogger:
             os.replace(self.path, self.path + ".old")
             warnings.warn(f"{self.path} existed and this is a fresh run: moved it to {METRICS_FILE}.old")
         with open(self.path, "w") as f:
-            f.write(dumps_record({"kind": "config", "config": config, "time": _now()}) + "\n")
+            f.write(dumps_record(self._config_line(config)) + "\n")
+
+    def _config_line(self, config):
+        return {"kind": "config", "config": config, **({"code": self.code} if self.code else {}), "time": _now()}
 
     def _truncate_for_resume(self, resume_step, config):
         """Keep config + records with step <= resume_step, rewritten atomically, then note the resume."""
@@ -175,12 +199,14 @@ class MetricsLogger:
                           f"the checkpoint's counters carry on, and new records follow a resume line")
         head = [r for r in old[:1] if r.get("kind") == "config"]
         if not head:  # file missing or damaged at the top: the config line must still come first
-            head = [{"kind": "config", "config": config, "time": _now()}]
+            head = [self._config_line(config)]
         keep = [r for r in old[len(head) if old[:1] == head else 0:]
                 if r.get("kind") != "config" and isinstance(r.get("step"), int) and r["step"] <= resume_step]
         resume = {"kind": "resume", "step": resume_step, "time": _now()}
         if head[0].get("config") != config:
             resume["config"] = config
+        if self.code and head[0].get("code") != self.code:
+            resume["code"] = self.code
         atomic_write(self.path, lambda f: f.write("".join(dumps_record(r) + "\n" for r in head + keep + [resume])
                                                   .encode()))
 

@@ -50,6 +50,8 @@ class TrainingState:
     steps_since_skip: int | None = None  # updates taken since the last skipped step; None = none skipped yet
     resumed: bool = False
     resumed_from: str | None = None  # the checkpoint.resume_from this run descends from (absolute path)
+    target_reached: dict | None = None  # the first eval below train.target_val_loss: step, tokens, FLOPs, val_loss
+    code: dict | None = None  # metrics.code_version() of this invocation (checkpoints and final.json record it)
 
     @property
     def healthy(self) -> bool:
@@ -243,6 +245,7 @@ def apply_checkpoint(state: dict | None, path: str | None, model, optimizer, mcf
     run.elapsed_s, run.skipped = state["elapsed_s"], state["skipped_steps"]
     run.wall_s = float(state.get("wall_s", 0.0))  # older checkpoints have none
     run.steps_since_skip = state.get("steps_since_skip")
+    run.target_reached = state.get("target_reached")
     # a checkpoint written while recovering names the good one before it; older checkpoints were all good
     run.last_good = path if state.get("good", True) else state.get("last_good")
     run.resumed = True
@@ -322,7 +325,7 @@ def check_no_symlinks(run_dir: str) -> None:
                               f"overwrite the target: remove the link, or use another --logging.run_dir")
 
 
-def prepare_run_dir(cfg, bad_checkpoints, log) -> None:
+def prepare_run_dir(cfg, bad_checkpoints, log, code: dict | None = None) -> None:
     """Rank 0, once every check has passed: the first writes into the run directory, the lock first."""
     run_dir = cfg.logging.run_dir
     if os.path.islink(run_dir.rstrip(os.sep)):  # allowed (a run dir on a scratch disk), but said where it writes
@@ -334,7 +337,8 @@ def prepare_run_dir(cfg, bad_checkpoints, log) -> None:
     for path, problem in bad_checkpoints:
         ckpt.set_aside(path, problem, log, suffix=".abandoned" if problem.startswith("abandoned") else ".corrupt")
     ckpt.clean_incomplete(run_dir)  # leftovers of a write that a crash interrupted
-    atomic_write(os.path.join(run_dir, "config.toml"), lambda f: f.write(to_toml(cfg).encode()))
+    header = "".join(f"# code {k}: {v}\n" for k, v in (code or {}).items())  # comments: config.toml still loads
+    atomic_write(os.path.join(run_dir, "config.toml"), lambda f: f.write((header + to_toml(cfg)).encode()))
 
 
 def save_checkpoint(run: TrainingState, step: int, model, optimizer, cfg, mcfg, master: bool, device_type: str,
@@ -357,6 +361,7 @@ def save_checkpoint(run: TrainingState, step: int, model, optimizer, cfg, mcfg, 
         "skipped_steps": run.skipped, "wall_s": run.wall_s, "rng": rng, "config": to_dict(cfg),
         "model_config": vars(mcfg).copy(), "good": good, "last_good": run.last_good,
         "steps_since_skip": run.steps_since_skip, "resumed_from": run.resumed_from,
+        "target_reached": run.target_reached, "code": run.code,
     }, cfg.checkpoint.keep_last, protect=run.last_good)
     log(f"saved {path}" + ("" if good else f" (while recovering from skipped steps: not a good checkpoint; the good "
                                            f"one, {previous_good or 'none yet'}, is kept)"))
@@ -365,6 +370,7 @@ def save_checkpoint(run: TrainingState, step: int, model, optimizer, cfg, mcfg, 
 def finished_summary(run: TrainingState, cfg, ddp: bool, master: bool) -> dict | None:
     """final.json of a run that already reached train.max_steps (a rerun then changes nothing), else None."""
     path = os.path.join(cfg.logging.run_dir, "final.json")
-    if run.start_step < cfg.train.max_steps:
+    at_target = bool(cfg.train.stop_at_target and run.target_reached and run.target_reached["step"] == run.start_step)
+    if run.start_step < cfg.train.max_steps and not at_target:
         return None
     return from_master(ddp, master, lambda: json.load(open(path)) if os.path.isfile(path) else None)

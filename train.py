@@ -41,34 +41,14 @@ from config import changed_keys_text, load_config, to_dict
 from data.loader import TokenDataset, train_batch, val_batches
 from errors import ConfigError, Interrupted, NanoptimError, NonFiniteError, main_guard
 from flops import FlopsCounter, mfu, model_flops_per_token
-from metrics import MetricsLogger
+from metrics import MetricsLogger, code_version
 from model import GPT, model_config
 from optimizers import build_optimizer
+from schedule import lr_factor
 
 # train.nonfinite = "skip" gives up after this many skipped steps in a row: a run that cannot take a single good
 # step any more (e.g. fp overflow on every batch) should stop at its last good checkpoint, not spin to max_steps.
 MAX_SKIPS_IN_A_ROW = 10
-
-def lr_factor(step: int, s, max_steps: int) -> float:
-    """The schedule's multiplier of every group's base lr at `step` (0-based).
-
-    warmup (torch LinearLR semantics): start + (1 - start)·step/warmup for step < warmup;
-    cosine: min + (1 - min)·½(1 + cos(π·progress)); wsd: 1 until the last decay_fraction of steps, then linear
-    to min; constant: 1. progress runs from 0 right after warmup to 1 at max_steps.
-    """
-    if step < s.warmup_steps:
-        return s.warmup_start_factor + (1.0 - s.warmup_start_factor) * step / s.warmup_steps
-    if s.kind == "constant":
-        return 1.0
-    if s.kind == "cosine":
-        progress = (step - s.warmup_steps) / max(1, max_steps - s.warmup_steps)
-        return s.min_lr_ratio + (1.0 - s.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    decay_steps = max(1, round(s.decay_fraction * max_steps))  # wsd
-    decay_start = max_steps - decay_steps
-    if step < decay_start:
-        return 1.0
-    return 1.0 - (1.0 - s.min_lr_ratio) * min(1.0, (step - decay_start + 1) / decay_steps)
-
 
 def batch_layout(tc, seq_len: int, world_size: int) -> tuple[int, int]:
     """(micro_batch, accum): the global batch (train.batch_tokens, fixed whatever the world size) as
@@ -103,14 +83,21 @@ def evaluate(model, val_set, device, autocast, ddp: bool) -> float:
     return (total[0] / total[1]).item()
 
 
-def evaluate_and_log(step: int, model, val_set, device, autocast, ddp: bool, run, logger, log) -> float:
-    """Evaluate at `step` (before that step's update), update the best val loss, log it."""
+def evaluate_and_log(step: int, model, val_set, device, autocast, ddp: bool, run, logger, log, tc) -> float:
+    """Evaluate at `step` (before that step's update), update the best val loss, log it; the first evaluation below
+    train.target_val_loss is recorded in run.target_reached (step, tokens, FLOPs: the speedrun's steps-to-target)."""
     log(f"step {step}: evaluating ...")
     t0 = time.time()
     val = evaluate(model, val_set, device, autocast, ddp)
     run.best_val = min(run.best_val, val)
-    logger.log_eval(dict(step=step, val_loss=val, **run.counters.as_dict(), elapsed_s=run.elapsed_s))
-    log(f"step {step}: val loss {val:.4f} (best {run.best_val:.4f}; {time.time() - t0:.1f}s)")
+    reached = bool(tc.target_val_loss and val < tc.target_val_loss and run.target_reached is None)
+    if reached:
+        run.target_reached = dict(step=step, val_loss=val, **run.counters.as_dict())
+    logger.log_eval(dict(step=step, val_loss=val, **run.counters.as_dict(), elapsed_s=run.elapsed_s,
+                         **({"reached_target": tc.target_val_loss} if reached else {})))
+    log(f"step {step}: val loss {val:.4f} (best {run.best_val:.4f}; {time.time() - t0:.1f}s)" +
+        (f": below the target {tc.target_val_loss} for the first time, after {run.counters.tokens:,} tokens"
+         if reached else ""))
     return val
 
 
@@ -136,6 +123,7 @@ def progress_line(rec: dict, max_steps: int, eta_s: float) -> str:
     return (f"step {rec['step']}/{max_steps} | loss {rec['loss']:.4f} | lr {rec['lr']:.2e}" +
             (f" adamw_lr {rec['adamw_lr']:.2e}" if "adamw_lr" in rec else "") + f" | gnorm {rec['grad_norm']:.3f} | "
             f"{rec['tokens_per_s'] / 1e3:.1f}k tok/s" + (f" | mfu {rec['mfu'] * 100:.1f}%" if rec.get("mfu") else "") +
+            (f" | clamped {rec['clamped_fraction']:.2%}" if rec.get("clamped_fraction") else "") +
             f" | compute {duration(rec['elapsed_s'])} | wall {duration(rec['wall_s'])} | eta {duration(eta_s)}")
 
 
@@ -173,11 +161,12 @@ def build_and_resume(cfg, mcfg, device, ddp: bool, rank: int, master: bool, log)
     counters = FlopsCounter(model_flops_per_token(mcfg))
     run = resume.agree(ddp, lambda: resume.apply_checkpoint(state, resume_path, raw_model, optimizer, mcfg, cfg,
                                                             counters, rank, device.type))
+    run.code = code_version() if master else None
     if run.resumed:
         log(f"resumed from step {run.start_step} in {cfg.logging.run_dir}")
     def prepare():  # rank 0's first writes; a failure reaches every rank as one error (no rank left waiting)
         try:
-            resume.prepare_run_dir(cfg, bad_checkpoints, log)
+            resume.prepare_run_dir(cfg, bad_checkpoints, log, run.code)
         except OSError as e:
             raise (launch.run_dir_error(e, cfg.logging.run_dir) or e) from None
 
@@ -186,6 +175,19 @@ def build_and_resume(cfg, mcfg, device, ddp: bool, rank: int, master: bool, log)
     if ddp:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     return model, raw_model, optimizer, run
+
+
+def clip_gradients(params, clip_value: float, clip_norm: float) -> tuple[float, float | None]:
+    """(gradient norm before the norm clip, fraction of gradient entries clamped or None): first clamp every entry to
+    [-clip_value, clip_value] (train.grad_clip_value, as braintools' Lion; 0 = off), then scale the whole gradient to
+    norm ≤ clip_norm (train.grad_clip; 0 = no clipping, the norm is still measured)."""
+    clamped = None
+    if clip_value > 0:
+        grads = [p.grad for p in params if p.grad is not None]
+        clamped = sum(int((g.abs() > clip_value).sum()) for g in grads) / max(1, sum(g.numel() for g in grads))
+        torch.nn.utils.clip_grad_value_(params, clip_value, foreach=True)
+    norm = torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm > 0 else float("inf"), foreach=True)
+    return norm.item(), clamped
 
 
 def forward_backward(model, train_ds, tc, step: int, rank: int, world_size: int, micro_batch: int, accum: int,
@@ -261,7 +263,7 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
     logger = MetricsLogger(run_dir, to_dict(cfg), wandb_mode=cfg.logging.wandb, project=cfg.logging.wandb_project,
                            run_name=cfg.logging.run_name or os.path.basename(os.path.normpath(run_dir)),
                            group=cfg.logging.group, enabled=master,
-                           resume_step=run.start_step - 1 if run.resumed else None)
+                           resume_step=run.start_step - 1 if run.resumed else None, code=run.code)
     gpu_name = torch.cuda.get_device_name(device) if device_type == "cuda" else None
     log(f"model {cfg.model.arch}/{cfg.model.size} ({mcfg.n_layer} layers × {mcfg.n_head} heads × {mcfg.n_embd} wide, "
         f"context {mcfg.block_size}): {raw_model.param_counts()['total'] / 1e6:.2f}M parameters | "
@@ -286,13 +288,14 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
             group["lr"] = group["base_lr"] * factor
 
         if step % tc.eval_interval == 0:
-            last_val = evaluate_and_log(step, model, val_set, device, autocast, ddp, run, logger, log)
+            last_val = evaluate_and_log(step, model, val_set, device, autocast, ddp, run, logger, log, tc)
+            if tc.stop_at_target and run.target_reached:
+                break  # train.stop_at_target: the run ends here, at the first evaluation below the target
 
         t0 = time.time()
         train_loss = forward_backward(model, train_ds, tc, step, rank, world_size, micro_batch, accum, device,
                                       autocast, ddp)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"),
-                                                   foreach=True).item()
+        grad_norm, clamped = clip_gradients(params, tc.grad_clip_value, tc.grad_clip)
         if math.isfinite(train_loss) and math.isfinite(grad_norm):
             skips_in_a_row = 0
             if run.steps_since_skip is not None:
@@ -312,8 +315,9 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
             tok_s = window_tokens / max(window_s, 1e-9)
             rec = dict(step=step, loss=train_loss, **group_lrs(optimizer), grad_norm=grad_norm, **counters.as_dict(),
                        elapsed_s=run.elapsed_s, wall_s=wall_before + time.time() - t_start, tokens_per_s=tok_s,
-                       skipped=run.skipped, mfu=mfu(counters.model_flops_per_token * tok_s, gpu_name, world_size))
-            logger.log_train({k: v for k, v in rec.items() if v is not None})  # mfu only on a known GPU
+                       skipped=run.skipped, clamped_fraction=clamped,
+                       mfu=mfu(counters.model_flops_per_token * tok_s, gpu_name, world_size))
+            logger.log_train({k: v for k, v in rec.items() if v is not None})  # mfu only on a known GPU, ...
             eta = (time.time() - t_loop) / (step + 1 - run.start_step) * (max_steps - step - 1)
             log(progress_line(rec, max_steps, eta))
             window_s, window_tokens = 0.0, 0
@@ -335,12 +339,18 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
             return dict(steps=done, stopped_early=True)
 
     # ---- the end: a final evaluation and checkpoint, and final.json (the run's completion marker)
-    if run.start_step < max_steps or last_val is None:
-        last_val = evaluate_and_log(max_steps, model, val_set, device, autocast, ddp, run, logger, log)
+    at_target = bool(tc.stop_at_target and run.target_reached and run.target_reached["step"] < max_steps)
+    end = run.target_reached["step"] if at_target else max_steps
+    if at_target:
+        save(end)
+    elif run.start_step < max_steps or last_val is None:
+        last_val = evaluate_and_log(max_steps, model, val_set, device, autocast, ddp, run, logger, log, tc)
         save(max_steps)
-    summary = dict(steps=max_steps, best_val_loss=run.best_val, final_val_loss=last_val, **counters.as_dict(),
+    summary = dict(steps=end, best_val_loss=run.best_val, final_val_loss=last_val, **counters.as_dict(),
                    elapsed_s=run.elapsed_s, skipped_steps=run.skipped,
-                   wall_s=wall_before + time.time() - t_start)  # summed over every invocation of the run
+                   wall_s=wall_before + time.time() - t_start,  # summed over every invocation of the run
+                   target_val_loss=tc.target_val_loss or None, target_reached=run.target_reached,
+                   stopped_at_target=at_target, code=run.code)
     if master:
         atomic_write(os.path.join(run_dir, "final.json"), lambda f: f.write(json.dumps(summary, indent=2).encode()))
     logger.finish(summary)

@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT, run_subprocess, train_args, train_losses
 
 from config import load_config
-from train import lr_factor
+from schedule import lr_factor
 from train import main as train_main
 
 
@@ -36,6 +36,16 @@ def test_wsd_and_constant_schedules():
     assert lr_factor(99, s, 100) == pytest.approx(0.0)
     c = schedule(kind="constant", warmup_steps=4, warmup_start_factor=0.0)
     assert [lr_factor(i, c, 100) for i in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_wsd_cooldown_shapes_and_the_step_schedule():
+    """The cooldown shapes at a quarter of a 20-step cooldown to 0.1 (t = 5/20), and StepLR after warmup."""
+    for shape, expected in (("linear", 0.75), ("sqrt", 0.5), ("cosine", 0.5 * (1 + math.cos(math.pi / 4)))):
+        s = schedule(kind="wsd", warmup_steps=0, decay_fraction=0.2, min_lr_ratio=0.1, cooldown_shape=shape)
+        assert lr_factor(79, s, 100) == 1.0 and lr_factor(99, s, 100) == pytest.approx(0.1)
+        assert lr_factor(84, s, 100) == pytest.approx(0.1 + 0.9 * expected), shape
+    s = schedule(kind="step", warmup_steps=2, warmup_start_factor=0.5, step_size=3, gamma=0.5)
+    assert [lr_factor(i, s, 100) for i in range(9)] == [0.5, 0.75, 1, 1, 1, 0.5, 0.5, 0.5, 0.25]
 
 
 @pytest.mark.slow
@@ -209,3 +219,35 @@ def test_rerunning_a_finished_run_changes_nothing_and_wall_time_adds_up(text_dat
     assert train_main(train_args(text_data_dir, run, *extra)) == first
     assert "holds a finished run" in capsys.readouterr().out
     assert {f: open(os.path.join(run, f), "rb").read() for f in files} == files  # nothing rewritten
+
+
+@pytest.mark.slow
+def test_target_val_loss_stop_at_target_grad_clip_value_and_code_version(text_data_dir, tmp_path, capsys):
+    """train.target_val_loss records the first eval below it (step, tokens, FLOPs) and stop_at_target ends the run
+    there (a rerun says it is finished); grad_clip_value clamps entries and logs the clamped fraction; the code's git
+    commit is in metrics.jsonl, config.toml, the checkpoint and final.json."""
+    from metrics import code_version, read_records
+
+    free = str(tmp_path / "free")
+    train_main(train_args(text_data_dir, free, "--train.max_steps=8", "--train.eval_interval=2"))
+    evals = {r["step"]: r["val_loss"] for r in read_records(os.path.join(free, "metrics.jsonl"))
+             if r["kind"] == "eval"}
+    target = (evals[2] + evals[4]) / 2  # reached first at step 4
+    run = str(tmp_path / "target")
+    extra = ["--train.max_steps=8", "--train.eval_interval=2", f"--train.target_val_loss={target}",
+             "--train.stop_at_target=true", "--train.grad_clip_value=0.001"]
+    summary = train_main(train_args(text_data_dir, run, *extra))
+    assert summary["steps"] == 4 and summary["stopped_at_target"] and summary["target_reached"]["step"] == 4
+    assert summary["target_reached"]["tokens"] == 4 * 1024 and summary["target_reached"]["val_loss"] < target
+    assert summary["target_reached"]["val_loss"] != evals[4]  # the clamp changed the gradients, hence the run
+    records = read_records(os.path.join(run, "metrics.jsonl"))
+    assert [r["step"] for r in records if r.get("reached_target")] == [4]
+    clamped = [r["clamped_fraction"] for r in records if r["kind"] == "train"]
+    assert len(clamped) == 4 and all(0 < c < 1 for c in clamped)
+    code = code_version()
+    assert code["commit"] and records[0]["code"] == code == summary["code"]
+    assert f"# code commit: {code['commit']}" in open(os.path.join(run, "config.toml")).read()
+    assert torch.load(os.path.join(run, "ckpt_00000004.pt"), weights_only=True)["code"] == code
+    capsys.readouterr()
+    assert train_main(train_args(text_data_dir, run, *extra)) == json.load(open(os.path.join(run, "final.json")))
+    assert "holds a finished run" in capsys.readouterr().out
