@@ -20,6 +20,10 @@ What is written (the conventions of llm.c's `dev/data/fineweb.py` and modded-nan
     hash: val iff blake2b-64(key) / 2^64 < f, where key is a play's or file's relative path, or a hub document's
     text (so exact duplicates always land in the same split). wikitext103 keeps its official splits.
 
+Without network, a hub source reads a local copy of its dataset: `--dataset DIR`, a directory of its parquet/json
+files (e.g. from `hf download HuggingFaceFW/fineweb --repo-type dataset --include 'sample/10BT/*' --local-dir DIR`);
+an unreachable Hub is one error line after a single bounded request, not datasets' retries and traceback.
+
 Memory stays bounded whatever the corpus size: documents are streamed (hub datasets with streaming=True, files in
 chunks), long documents are cut into pieces at points where GPT-2's pre-tokenizer is guaranteed to split anyway
 (so the ids equal those of encoding the whole document at once), a bounded number of batches are in flight in
@@ -267,22 +271,92 @@ def wikitext_articles(lines):
         yield "".join(article)
 
 
+HUB_TIMEOUT = 10  # seconds: the one request that checks the Hub can be reached before datasets' own retries
+
+
+def _offline_mode() -> bool:
+    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set: datasets may only use what is on disk, so there is nothing to probe."""
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    """A network failure (DNS, refused, timeout, proxy, TLS) of requests, httpx or the socket layer, not an answer."""
+    names = {c.__name__ for c in type(e).__mro__}
+    return isinstance(e, (OSError, ConnectionError, TimeoutError)) or bool(
+        names & {"TransportError", "TimeoutException", "ConnectionError", "ConnectError", "OfflineModeIsEnabled"})
+
+
+def _unreachable(path: str, source: str, cause) -> DataError:
+    subset = {"fineweb": " --include 'sample/10BT/*'", "fineweb-edu": " --include 'sample/10BT/*'"}.get(source, "")
+    return DataError(f"cannot reach the Hugging Face Hub to stream {path} ({cause}). Without network, pass a local "
+                     f"copy of the dataset: --dataset DIR, a directory of its parquet/json files (fetched where there "
+                     f"is network with `hf download {path} --repo-type dataset{subset} --local-dir DIR`), or "
+                     f"tokenize local .txt files with `python -m data.prepare text FILE_OR_DIR --out OUT`")
+
+
+def check_hub_reachable(path: str, source: str, revision: str | None) -> None:
+    """One request with a bounded timeout before streaming: without network, datasets retries for ~25 s and then
+    raises a ConnectionError traceback; this is one line at once. Any answer of the Hub (even "no such
+    repository" or "gated") means it is reachable, and datasets reports the rest."""
+    if _offline_mode():
+        return
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:  # an old datasets without huggingface_hub: let it report for itself
+        return
+    try:
+        HfApi().dataset_info(path, revision=revision, timeout=HUB_TIMEOUT)
+    except Exception as e:
+        if _is_connection_error(e):
+            raise _unreachable(path, source, f"{type(e).__name__}: {e}") from None
+
+
+def _is_local(dataset: str | None) -> bool:
+    """--dataset names a directory on disk (a downloaded copy) rather than a Hub repository."""
+    if dataset is None:
+        return False
+    if os.path.isdir(dataset):
+        return True
+    if dataset.startswith(("/", "./", "../", "~")) or os.path.exists(dataset):
+        raise DataError(f"--dataset {dataset} is not a directory; pass the directory that holds the dataset's "
+                        f"files (parquet/json), or a Hub repository id such as {HUB_SOURCES['fineweb'].path}")
+    return False
+
+
+def _no_data_files(path: str, e: Exception) -> DataError:
+    return DataError(f"--dataset {path} holds no data files that datasets can read ({e}); point it at the directory "
+                     f"of the downloaded parquet/json files")
+
+
 def hub_documents(source: str, val_fraction: float, name: str | None, dataset: str | None, revision: str | None):
-    """Documents streamed from the Hugging Face Hub (datasets is imported here: the offline paths don't need it)."""
+    """Documents streamed from the Hugging Face Hub, or from a local copy of a hub dataset (--dataset DIR)
+    (datasets is imported here: the offline paths don't need it)."""
     try:
         import datasets
     except ImportError:
         raise DataError(f"the {source} source needs the Hugging Face `datasets` package; `pip install datasets`, "
                         f"or use the offline sources shakespeare / text") from None
     hub = HUB_SOURCES[source]
-    path, config = dataset or hub.path, name or hub.name
+    local = _is_local(dataset)
+    path, config = (os.path.abspath(dataset) if local else dataset or hub.path), name or hub.name
+    if local and name is None and hub.name is not None:
+        # A full download (with the hub's README.md) declares the hub's configs; a folder of data files has only one
+        # ("default"), which is then the data that was downloaded.
+        try:
+            if hub.name not in datasets.get_dataset_config_names(path):
+                config = None
+        except FileNotFoundError as e:
+            raise _no_data_files(path, e) from None
+    elif not local:
+        check_hub_reachable(path, source, revision)
 
     def stream(split):
         kwargs = dict(name=config, split=split, streaming=True)
         if revision:
             kwargs["revision"] = revision
         try:
-            return datasets.load_dataset(path, **kwargs)
+            return _load(kwargs)
         except RuntimeError as e:
             # datasets >= 4 refuses repositories that still hold a loading script; the Hub's automatic parquet
             # export (branch refs/convert/parquet) serves the same data without it
@@ -290,7 +364,17 @@ def hub_documents(source: str, val_fraction: float, name: str | None, dataset: s
                 raise
             print(f"{path}: loading script refused by datasets {datasets.__version__}, using its parquet export",
                   file=sys.stderr)
-            return datasets.load_dataset(path, **dict(kwargs, revision="refs/convert/parquet"))
+            return _load(dict(kwargs, revision="refs/convert/parquet"))
+
+    def _load(kwargs):
+        try:
+            return datasets.load_dataset(path, **kwargs)
+        except (ConnectionError, TimeoutError) as e:  # e.g. offline mode without the files, or the network went away
+            raise _unreachable(path, source, f"{type(e).__name__}: {e}") from None
+        except FileNotFoundError as e:
+            if not local:
+                raise
+            raise _no_data_files(path, e) from None
 
     where = f"{path}" + (f" (config {config})" if config else "") + (f" @ {revision}" if revision else "")
     if hub.splits:
@@ -513,7 +597,9 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: CPUs - 1)")
     p.add_argument("--max-tokens", type=int, default=None, help="stop after about this many tokens (whole documents)")
     p.add_argument("--name", default=None, help="hub dataset config, e.g. sample-100BT for fineweb")
-    p.add_argument("--dataset", default=None, help="another hub repository with a 'text' column, for this source")
+    p.add_argument("--dataset", default=None,
+                   help="another hub repository with a 'text' column, or a local copy: a directory of the dataset's "
+                        "parquet/json files (no network needed)")
     p.add_argument("--revision", default=None, help="hub dataset revision (branch, tag or commit)")
     p.add_argument("--overwrite", action="store_true", help="replace the shards of an existing output directory")
     a = p.parse_args(argv)

@@ -288,6 +288,14 @@ class FakeDatasets:
         return iter(self.records[split] if isinstance(self.records, dict) else self.records)
 
 
+@pytest.fixture
+def no_hub_probe(monkeypatch):
+    """The fake `datasets` needs no network: skip prepare's check that the Hub answers (tests/test_prepare_offline.py
+    tests it)."""
+    monkeypatch.setattr(P, "check_hub_reachable", lambda *a: None)
+
+
+@pytest.mark.usefixtures("no_hub_probe")
 def test_prepare_hub_source_offline(tmp_path, monkeypatch, enc, tiny_text):
     paragraphs = [p for p in tiny_text[:60_000].split("\n\n") if p]
     fake = FakeDatasets([{"text": p, "id": i} for i, p in enumerate(paragraphs)])
@@ -312,6 +320,7 @@ def test_prepare_hub_source_offline(tmp_path, monkeypatch, enc, tiny_text):
     assert len(ids) == sum(lens[:n_docs])
 
 
+@pytest.mark.usefixtures("no_hub_probe")
 def test_prepare_hub_script_fallback_and_missing_datasets(tmp_path, monkeypatch):
     fake = FakeDatasets([{"text": "some words here"}] * 3, fail_script=True)
     monkeypatch.setitem(sys.modules, "datasets", fake)
@@ -325,6 +334,7 @@ def test_prepare_hub_script_fallback_and_missing_datasets(tmp_path, monkeypatch)
         P.prepare("slimpajama", str(tmp_path / "sp"), workers=1, progress=False)
 
 
+@pytest.mark.usefixtures("no_hub_probe")
 def test_prepare_wikitext_articles_and_official_splits(tmp_path, monkeypatch, enc):
     def lines(*titles):
         return [{"text": t} for title in titles
