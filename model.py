@@ -237,6 +237,89 @@ class Block(nn.Module):
 
 
 # -----------------------------------------------------------------------------
+# the loss: cross-entropy over the lm_head, a chunk of rows at a time
+
+# Rows of logits per chunk by device type: chunk × vocab_size fp32 values = 25.8 MB at 128 rows and GPT-2's 50304,
+# below glibc's largest dynamic mmap threshold (32 MiB), so the chunks are reused from the heap rather than mapped
+# and unmapped every step. 0 = no chunking: materialise the full logits (CUDA, until chunking is measured there:
+# with 16k rows per micro-batch a 128-row loop would launch ~1,000 small kernels per step).
+LOSS_CHUNK_ROWS = {"cpu": 128}
+
+
+def loss_chunk_rows(device: torch.device, vocab_size: int) -> int:
+    """Rows per chunk of chunked_cross_entropy on this device (0 = materialise the full logits instead)."""
+    return LOSS_CHUNK_ROWS.get(device.type, 0)
+
+
+def _chunk_softmax(x, weight, targets):
+    """For one chunk of rows: (exp(logits − max), its row sums s, the per-row loss lse − logit[target]), with the
+    (rows, V) fp32 buffer reused in place. Targets of −1 are read as 0 (the caller masks those rows)."""
+    logits = (x @ weight.t()).float()
+    target_logit = logits.gather(1, targets.clamp(min=0).unsqueeze(1))
+    m = logits.amax(dim=1, keepdim=True)
+    e = logits.sub_(m).exp_()
+    s = e.sum(dim=1, keepdim=True)
+    return e, s, (m + s.log() - target_logit).squeeze(1)
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """mean over the rows with target != -1 of cross_entropy(x @ weight.T, target), chunk_rows rows at a time.
+
+    The gradients are computed in the forward pass, chunk by chunk (softmax − one-hot, then the two matmuls), and
+    kept for backward, which only scales them by the incoming gradient: the same matmul FLOPs as the unchunked loss,
+    no recomputation, and at most one chunk's logits in memory at a time. Under autocast the matmuls run in the
+    autocast dtype, as nn.Linear's would; the softmax is fp32."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, chunk_rows: int):
+        amp = torch.is_autocast_enabled(x.device.type)
+        valid = targets != -1
+        n_valid = valid.sum()
+        # every row ignored: loss 0/0 = nan and zero gradients, as F.cross_entropy(..., ignore_index=-1)
+        row_weight = valid.float() / n_valid.clamp(min=1).float()  # d(mean loss)/d(row loss)
+        grad_x = torch.empty_like(x)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=x.device)
+        for start in range(0, x.size(0), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            xc, tc, wc = x[rows], targets[rows], row_weight[rows].unsqueeze(1)
+            e, s, row_loss = _chunk_softmax(xc, weight, tc)
+            loss_sum += torch.where(valid[rows], row_loss, 0.0).sum()
+            g = e.mul_(wc / s)  # softmax · row weight ...
+            g.scatter_add_(1, tc.clamp(min=0).unsqueeze(1), -wc)  # ... − one-hot · row weight
+            if amp:  # autocast casts the operands of these matmuls (out= and in-place forms are not autocast)
+                grad_x[rows] = g @ weight
+                grad_w += g.t() @ xc
+            else:
+                g = g.to(x.dtype)
+                torch.mm(g, weight, out=grad_x[rows])
+                grad_w.addmm_(g.t(), xc)
+        ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
+        return loss_sum / n_valid.float()
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss, grad_w * grad_loss, None, None
+
+
+def chunked_cross_entropy(x, weight, targets, chunk_rows: int = 128):
+    """F.cross_entropy((x @ weight.T).float(), targets, ignore_index=-1) for x (N, d), weight (V, d), targets (N,)
+    int64, without materialising the N×V logits or their gradient: chunk_rows rows at a time. Matches the unchunked
+    loss and its gradients to fp32 rounding (tests/test_model.py). Without autograd (torch.no_grad, eval) only the
+    loss is computed."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _ChunkedCrossEntropy.apply(x, weight, targets, chunk_rows)
+    with torch.no_grad():
+        valid = targets != -1
+        loss_sum = torch.zeros((), dtype=torch.float32, device=x.device)
+        for start in range(0, x.size(0), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            loss_sum += torch.where(valid[rows], _chunk_softmax(x[rows], weight, targets[rows])[2], 0.0).sum()
+        return loss_sum / valid.sum().float()
+
+
+# -----------------------------------------------------------------------------
 # the model
 
 class GPT(nn.Module):
@@ -288,11 +371,16 @@ class GPT(nn.Module):
         return dict(total=total, non_embedding=total - wpe, without_embeddings=total - wte - wpe,
                     embeddings=wte + wpe)
 
-    def forward(self, idx, targets=None):
-        """idx, targets: (B, T) int64 token ids, T <= block_size. Returns (logits, loss):
-        with targets, logits (B, T, vocab_size) and loss = mean cross-entropy over all positions, computed in fp32
-        (positions whose target is -1 are ignored, as nanoGPT); without targets, logits (B, 1, vocab_size) for the
-        last position only (what generation needs) and loss None."""
+    def forward(self, idx, targets=None, full_logits: bool = False):
+        """idx, targets: (B, T) int64 token ids, T <= block_size. Returns (logits, loss).
+
+        With targets: loss = mean cross-entropy over all positions, in fp32 (positions whose target is -1 are
+        ignored, as nanoGPT), and logits None: the loss is computed by chunked_cross_entropy, a few rows of the
+        B·T×vocab_size logits at a time, so the full logits and their gradient are never held in memory (at the tiny
+        CPU size they would be 412 MB each per 2,048 tokens). full_logits=True instead materialises the logits,
+        returns them (B, T, vocab_size) and computes the loss with F.cross_entropy over them (the reference path).
+        Without targets: logits (B, 1, vocab_size) for the last position only (what generation needs), or for every
+        position (B, T, vocab_size) with full_logits=True; loss None."""
         T = idx.size(1)
         if T > self.config.block_size:
             raise ConfigError(f"sequence length {T} exceeds the model's block_size {self.config.block_size}. "
@@ -306,14 +394,15 @@ class GPT(nn.Module):
             x = block(x)
         x = self.transformer.ln_f(x)
 
-        if targets is not None:
+        if targets is None:
+            # list index [-1] keeps the time dimension
+            return self.lm_head(x if full_logits else x[:, [-1], :]), None
+        chunk_rows = loss_chunk_rows(x.device, self.config.vocab_size)
+        if full_logits or not chunk_rows:
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        else:
-            # list index [-1] keeps the time dimension
-            logits = self.lm_head(x[:, [-1], :])
-            loss = None
-        return logits, loss
+            return (logits if full_logits else None), loss
+        return None, chunked_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.view(-1), chunk_rows)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

@@ -1,13 +1,18 @@
 """Tests for model.py: parameter names, shapes and counts for every named size and both archs (big models on the
-meta device), GPT-2 reference counts, init, tying, loss at init, learning, causality, RoPE, generation."""
+meta device), GPT-2 reference counts, init, tying, loss at init, learning, causality, RoPE, generation, the chunked
+cross-entropy (loss and gradients equal to the unchunked ones)."""
 
 import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 
+import model as model_module
 from errors import ConfigError
 from model import ARCHS, GPT, MODEL_SIZES, GPTConfig, apply_rope, model_config, rope_cache
+
+chunked_cross_entropy = model_module.chunked_cross_entropy
 
 
 def expected_shapes(cfg: GPTConfig) -> dict:
@@ -62,9 +67,13 @@ def test_names_shapes_counts_every_size(arch, size):
                                         without_embeddings=total - wte - wpe, embeddings=wte + wpe)
     idx = torch.zeros(2, 16, dtype=torch.long, device="meta")
     logits, loss = model(idx, idx)
+    assert logits is None and loss.shape == ()  # the training path never materialises the logits
+    logits, loss = model(idx, idx, full_logits=True)
     assert logits.shape == (2, 16, cfg.vocab_size) and loss.shape == ()
     logits, loss = model(idx)
     assert logits.shape == (2, 1, cfg.vocab_size) and loss is None
+    logits, loss = model(idx, full_logits=True)
+    assert logits.shape == (2, 16, cfg.vocab_size) and loss is None
 
 
 def test_named_sizes():
@@ -162,10 +171,9 @@ def test_causality(arch):
     idx = torch.randint(0, 256, (2, 16))
     changed = idx.clone()
     changed[:, 10] = (changed[:, 10] + 1) % 256
-    dummy = torch.zeros_like(idx)
     with torch.no_grad():
-        a, _ = model(idx, dummy)
-        b, _ = model(changed, dummy)
+        a, _ = model(idx, full_logits=True)
+        b, _ = model(changed, full_logits=True)
     assert torch.equal(a[:, :10], b[:, :10])  # the past cannot see a future token
     assert not torch.allclose(a[:, 10:], b[:, 10:])  # ...but the present and future do
 
@@ -213,3 +221,81 @@ def test_generate_is_deterministic_given_a_generator(arch):
     assert torch.equal(top1, sample(7, temperature=0.0))  # top_k=1 is greedy
     with pytest.raises(ConfigError, match="top_k"):
         sample(1, top_k=0)
+
+
+# ---- the chunked cross-entropy over the lm_head
+
+def reference_loss_and_grads(x, w, t):
+    x, w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    loss = F.cross_entropy((x @ w.t()).float(), t, ignore_index=-1)
+    loss.backward()
+    return loss.detach(), x.grad, w.grad
+
+
+@pytest.mark.parametrize("n,vocab,chunk", [(100, 37, 16), (64, 50304, 16), (5, 11, 128), (48, 40, 48), (1, 7, 1)])
+def test_chunked_cross_entropy_matches_the_unchunked_loss_and_gradients(n, vocab, chunk):
+    g = torch.Generator().manual_seed(n + vocab)
+    x = torch.randn(n, 32, generator=g).requires_grad_()
+    w = (torch.randn(vocab, 32, generator=g) * 0.3).requires_grad_()
+    t = torch.randint(0, vocab, (n,), generator=g)
+    t[::3] = -1  # ignore_index: these rows add nothing to the loss or the gradients, nor to the mean's count
+    t[0] = 3 % vocab
+    ref, gx, gw = reference_loss_and_grads(x, w, t)
+    loss = chunked_cross_entropy(x, w, t, chunk)
+    (loss * 0.25).backward()  # an incoming gradient other than 1 (gradient accumulation's loss / accum)
+    torch.testing.assert_close(loss.detach(), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x.grad, 0.25 * gx, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(w.grad, 0.25 * gw, rtol=1e-5, atol=1e-8)
+    with torch.no_grad():  # the forward-only path (evaluation) gives the same loss
+        torch.testing.assert_close(chunked_cross_entropy(x, w, t, chunk), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_chunked_cross_entropy_with_every_target_ignored_is_nan_with_zero_gradients():
+    x, w = torch.randn(10, 8, requires_grad=True), torch.randn(13, 8, requires_grad=True)
+    t = torch.full((10,), -1)
+    loss = chunked_cross_entropy(x, w, t, 4)
+    assert torch.isnan(loss) and torch.isnan(F.cross_entropy(x @ w.t(), t, ignore_index=-1))  # as the reference
+    loss.backward()
+    assert not x.grad.any() and not w.grad.any()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_model_loss_and_gradients_chunked_equal_unchunked(arch, monkeypatch):
+    assert model_module.loss_chunk_rows(torch.device("cpu"), 50304) > 0  # the CPU default is the chunked path
+    monkeypatch.setitem(model_module.LOSS_CHUNK_ROWS, "cpu", 24)  # 3 chunks, the last one partial (2×30 rows)
+    torch.manual_seed(0)
+    model = GPT(model_config(arch, "tiny", vocab_size=96, block_size=32))
+    idx = torch.randint(0, 96, (2, 30))
+    targets = torch.randint(0, 96, (2, 30))
+    targets[1, 25:] = -1
+
+    def loss_and_grads(**kw):
+        model.zero_grad(set_to_none=True)
+        logits, loss = model(idx, targets, **kw)
+        loss.backward()
+        return logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    logits, loss, grads = loss_and_grads()
+    full, ref, ref_grads = loss_and_grads(full_logits=True)
+    assert logits is None and full.shape == (2, 30, 96)
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:  # wte gets both the embedding's and the lm_head's gradient (tied)
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-7, msg=name)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx, targets)[1], ref, rtol=1e-6, atol=1e-6)
+        # the sampling path: last-position logits, equal to the full logits' last row
+        torch.testing.assert_close(model(idx)[0], full[:, [-1]].detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_cross_entropy_under_bf16_autocast():
+    torch.manual_seed(0)
+    x, w = torch.randn(40, 16, requires_grad=True), (torch.randn(50, 16) * 0.3).requires_grad_()
+    t = torch.randint(0, 50, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = chunked_cross_entropy(x, w, t, 16)
+        ref = F.cross_entropy((x @ w.t()).float(), t)
+    loss.backward()
+    assert loss.dtype == torch.float32 and x.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    torch.testing.assert_close(loss.detach(), ref.detach(), rtol=1e-2, atol=1e-2)
