@@ -1,13 +1,16 @@
 """Sample text from a trained checkpoint.
 
     python sample.py --ckpt out/tiny_cpu --prompt "ROMEO:" --num_samples 2 --max_new_tokens 100 --seed 1
+    python sample.py --out_dir=out/tiny_cpu          # nanoGPT's flag: the same as --ckpt
 
---ckpt takes a run directory (its newest usable checkpoint, as train.py would resume from) or a ckpt_*.pt file
-(checked against its .sha256 marker when the marker is next to it; a lone copied .pt is still read with
-weights_only=True).
+--ckpt (alias --out_dir) takes a run directory (its newest usable checkpoint, as train.py would resume from) or a
+ckpt_*.pt file (checked against its .sha256 marker when the marker is next to it; a lone copied .pt is still read
+with weights_only=True). Without --prompt a sample starts a new document: the model is fed <|endoftext|>, which is
+not printed. Samples are separated by a line of dashes.
 The output is a deterministic function of the checkpoint, the arguments and --seed (sampling uses its own
-torch.Generator). Bad input (no checkpoint, a damaged or foreign file, an empty or too-long prompt) is reported as
-one `error:` line with exit code 2.
+torch.Generator, and one CPU thread unless OMP_NUM_THREADS says otherwise). Bad input (bad arguments, no
+checkpoint, a damaged or foreign file, an empty or too-long prompt) is reported as one `error:` line with exit
+code 2.
 """
 
 import argparse
@@ -23,6 +26,14 @@ from errors import CheckpointError, ConfigError, main_guard
 from model import GPT, GPTConfig
 
 EOT = 50256  # GPT-2's <|endoftext|>: the prompt when none is given
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors (unknown flag, missing --ckpt, a value that is not a number) as one `error:` line
+    with exit code 2 (main_guard), not a usage message."""
+
+    def error(self, message):
+        raise ConfigError(f"{message}; see python sample.py --help")
 
 
 def load_model(path: str, device: str) -> tuple[GPT, dict]:
@@ -45,8 +56,9 @@ def load_model(path: str, device: str) -> tuple[GPT, dict]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Sample text from a nanoptim checkpoint.")
-    p.add_argument("--ckpt", required=True, help="run directory or ckpt_*.pt file")
+    p = ArgumentParser(description="Sample text from a nanoptim checkpoint.")
+    p.add_argument("--ckpt", "--out_dir", dest="ckpt", required=True,
+                   help="run directory or ckpt_*.pt file (--out_dir: nanoGPT's name for it)")
     p.add_argument("--prompt", default=None, help="text to continue (default: start of a document)")
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--max_new_tokens", type=int, default=200)
@@ -73,6 +85,11 @@ def main(argv=None):
     if args.prompt is not None and not args.prompt.strip():
         raise ConfigError("--prompt is empty; pass some text, or omit --prompt to start a new document")
 
+    if "OMP_NUM_THREADS" not in os.environ:
+        # One thread: generating a token is a chain of small ops (one row at a time through a 7M model), which a
+        # second thread slows down, much more when the cores are shared (measured in benchmarks/RESULTS.md, the
+        # default run's section). Set OMP_NUM_THREADS to choose yourself.
+        torch.set_num_threads(1)
     model, _ = load_model(args.ckpt, args.device)
     enc = get_gpt2_encoding()
     ids = [EOT] if args.prompt is None else enc.encode(args.prompt, allowed_special={"<|endoftext|>"})
@@ -90,7 +107,7 @@ def main(argv=None):
                          valid_vocab=vocab)
     texts = []
     for row in out.tolist():
-        text = enc.decode(row)
+        text = enc.decode(row[1:] if args.prompt is None else row)  # not the <|endoftext|> fed as the start
         texts.append(text)
         print(text)
         print("---------------")
