@@ -207,7 +207,8 @@ def markdown_table(runs):
 
 # Config keys that do not change what a run computes: two runs that differ only in these are seeds of one recipe.
 _NOT_RECIPE_SECTIONS = ("logging", "checkpoint")
-_NOT_RECIPE_KEYS = ("train.seed", "train.stop_after", "train.micro_batch", "train.compile", "train.device")
+_NOT_RECIPE_KEYS = ("train.seed", "train.stop_after", "train.micro_batch", "train.compile", "train.device",
+                    "train.target_val_loss", "train.log_interval", "data.source")  # record, or change no number
 
 
 def _flat(d, prefix=""):

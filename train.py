@@ -376,13 +376,31 @@ def handle_nonfinite(run, step: int, train_loss: float, params, policy: str, ski
     log(f"step {step}: non-finite {what}, update skipped (train.nonfinite = skip; {run.skipped} skipped so far)")
 
 
+def print_plan(cfg, plan_args: list[str]) -> list[str]:
+    """`--plan`: the cost of the run (plan.py), without data or a GPU."""
+    import plan
+
+    m = cfg.model
+    mcfg = model_config(m.arch, m.size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
+                        vocab_size=m.vocab_size, bias=m.bias, dropout=m.dropout)
+    lines = plan.plan(cfg, mcfg, plan.parse_plan_options(plan_args), batch_layout)
+    print("\n".join(lines))
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Overrides: --section.key=value, "
                                      "e.g. --optimizer.name=lion --train.max_steps=100")
     parser.add_argument("config", nargs="?", default=None, help="TOML config (default: configs/tiny_cpu.toml)")
+    parser.add_argument("--plan", action="store_true", help="print what the run will cost (plan.py) and exit; "
+                        "--plan.gpu=h100 --plan.gpus=8 --plan.mfu=0.4")
     args, overrides = parser.parse_known_args(argv)
+    plan_args = [a for a in overrides if a.startswith("--plan.")]
+    overrides = [a for a in overrides if not a.startswith("--plan.")]
     launch.ARGV = list(sys.argv[1:] if argv is None else argv)
     launch.check_earlier_fatal_error()
+    if args.plan or plan_args:
+        return print_plan(load_config(args.config, overrides), plan_args)
     try:
         cfg = load_config(args.config, overrides)
         if int(os.environ.get("RANK", 0)) == 0:  # the full config goes to RUN_DIR/config.toml

@@ -40,6 +40,8 @@ def _rule(command: str) -> str:
         return "skip"
     if command.startswith("bash run.sh configs/gpt2_124m.toml"):
         return "gpu"
+    if command.endswith("--plan") or " --plan " in command or "--plan." in command:
+        return "run"  # the planner needs neither data nor a GPU
     if re.match(r"python -m data\.prepare (fineweb|openwebtext|slimpajama|wikitext103)\b", command):
         return "offline"
     return "run"
@@ -53,6 +55,7 @@ PRODUCES = {
     "python plot.py out/": ["figs/loss.png", "figs/loss_pareto.png"],
     "python sweep.py": ["runs/sweep_repro_cpu/summary.md"],
     "python plot.py runs/": ["results.md"],
+    "python stats.py": ["stats.md"],
 }
 
 
