@@ -81,6 +81,7 @@ class ScheduleSection:
     min_lr_ratio: float = 0.1  # final lr / peak lr (cosine and wsd)
     decay_fraction: float = 0.2  # wsd: the last fraction of steps cools down to min_lr_ratio
     cooldown_shape: str = "linear"  # wsd: "linear" | "sqrt" | "cosine"
+    cooldown_from: str = ""  # wsd: a ckpt_*.pt of a run's stable phase; branch from it and cool down to max_steps
     step_size: int = 1000  # step: multiply the lr by gamma every step_size steps after warmup
     gamma: float = 0.1
 
@@ -148,6 +149,10 @@ CHOICES = {
 }
 
 # Keys that may change when a run directory is resumed (they do not change what is being trained).
+# Keys a cooldown branch (schedule.cooldown_from) may set differently from the run it branches from.
+BRANCH_CHANGES = ("train.max_steps", "schedule.cooldown_from", "schedule.decay_fraction", "schedule.cooldown_shape",
+                  "schedule.min_lr_ratio", "train.target_val_loss", "train.stop_at_target")
+
 RESUMABLE_CHANGES = ("logging.", "checkpoint.", "train.log_interval", "train.eval_interval", "train.compile",
                      "train.micro_batch", "train.stop_after", "data.source")
 
@@ -369,10 +374,13 @@ def overrides_suffix(template: str, cli_items: list) -> str:
     last = [d.rsplit(".", 1)[-1] for d, _ in kept]
 
     def text(v):
+        if isinstance(v, str) and re.search(r"ckpt_(\d+)\.pt$", v):  # schedule.cooldown_from: the branch's step
+            return str(int(re.search(r"ckpt_(\d+)\.pt$", v).group(1)))
         if isinstance(v, (list, tuple)):
             return "-".join(map(text, v))
         return str(v).lower() if isinstance(v, bool) else str(v)
 
+    last = ["cooldown" if k == "cooldown_from" else k for k in last]
     parts = [f"{k if last.count(k) == 1 else d.replace('.', '-')}{text(v)}" for k, (d, v) in zip(last, kept)]
     suffix = re.sub(r"[^A-Za-z0-9._+-]", "-", "_" + "_".join(parts))
     if len(suffix) > 80:  # a long command line: keep the start readable, a hash keeps it unique

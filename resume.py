@@ -25,7 +25,7 @@ import torch.distributed as dist
 import checkpoint as ckpt
 import launch
 from atomic import atomic_write
-from config import differences, load_config, to_dict, to_toml
+from config import BRANCH_CHANGES, RESUMABLE_CHANGES, differences, load_config, to_dict, to_toml
 from errors import ERRORS, CheckpointError, ConfigError, NanoptimError, NonFiniteError, RunDirError
 from flops import FlopsCounter
 
@@ -52,6 +52,8 @@ class TrainingState:
     resumed_from: str | None = None  # the checkpoint.resume_from this run descends from (absolute path)
     target_reached: dict | None = None  # the first eval below train.target_val_loss: step, tokens, FLOPs, val_loss
     code: dict | None = None  # metrics.code_version() of this invocation (checkpoints and final.json record it)
+    cooldown_start: int | None = None  # a cooldown branch: the step its wsd cooldown starts at (the branch point)
+    branched_from: str | None = None  # a cooldown branch: the checkpoint it started from (absolute path)
 
     @property
     def healthy(self) -> bool:
@@ -160,8 +162,14 @@ def check_checkpoint_fits(state: dict, path: str, mcfg, cfg) -> None:
     if changed:
         raise CheckpointError(f"{path} was written for a different model ({', '.join(changed)}); resume with the "
                               f"same model settings, or use another --logging.run_dir")
-    if not os.path.exists(os.path.join(cfg.logging.run_dir, "config.toml")) and isinstance(state.get("config"), dict):
-        changed = differences(state["config"], cfg)  # no config.toml beside the checkpoints: compare with theirs
+    branch = is_branch_point(path, cfg)
+    if (branch or not os.path.exists(os.path.join(cfg.logging.run_dir, "config.toml"))) and \
+            isinstance(state.get("config"), dict):
+        # no config.toml beside the checkpoints (or a branch's first start): compare with the checkpoint's config
+        changed = differences(state["config"], cfg, ignore=RESUMABLE_CHANGES + (BRANCH_CHANGES if branch else ()))
+        if branch and changed:
+            raise ConfigError(f"schedule.cooldown_from = {path}: a cooldown branch must keep the run's settings "
+                              f"except {', '.join(BRANCH_CHANGES)}; these differ: {'; '.join(changed[:4])}")
         if changed and not cfg.checkpoint.allow_config_change:
             raise ConfigError(different_run_message(f"{path} was written by a different run", cfg.logging.run_dir,
                                                     changed))
@@ -182,12 +190,14 @@ def choose_checkpoint(cfg, log) -> tuple[dict | None, list[tuple[str, str]]]:
     Writes nothing."""
     run_dir = cfg.logging.run_dir
     if not os.path.isdir(run_dir):
-        return None, []
+        return (_branch_point(cfg, log) if cfg.schedule.cooldown_from else None), []
     check_run_dir(run_dir, cfg, log)
     if ckpt.list_checkpoints(run_dir) and cfg.checkpoint.resume == "never":
         raise ConfigError(f"{run_dir} already holds checkpoints and checkpoint.resume = 'never'; "
                           f"use another --logging.run_dir or --checkpoint.resume=auto")
     state, bad = ckpt.load_latest(run_dir, map_location="cpu")
+    if state is None and cfg.schedule.cooldown_from:
+        return _branch_point(cfg, log), bad
     if cfg.checkpoint.resume_from:
         if state is not None and state.get("resumed_from") == os.path.abspath(cfg.checkpoint.resume_from):
             # the same command again (a restart after a crash): the newest checkpoint already descends from it
@@ -199,6 +209,41 @@ def choose_checkpoint(cfg, log) -> tuple[dict | None, list[tuple[str, str]]]:
         log(f"warning: {state['path']} has no .sha256 completion marker (written by an older nanoptim, or "
             f"copied without it); it reads as a complete checkpoint, so the run resumes from it")
     return state, bad
+
+
+def is_branch_point(path: str | None, cfg) -> bool:
+    return bool(path and cfg.schedule.cooldown_from
+                and os.path.abspath(path) == os.path.abspath(cfg.schedule.cooldown_from))
+
+
+def _branch_point(cfg, log) -> dict:
+    """schedule.cooldown_from: the stable-phase checkpoint of another run that this run (a cooldown branch, in its
+    own run directory) starts from; the checks that it is one, before anything is written."""
+    path, s = cfg.schedule.cooldown_from, cfg.schedule
+    if s.kind != "wsd":
+        raise ConfigError(f"schedule.cooldown_from needs schedule.kind = 'wsd' (a branch cools down from a "
+                          f"stable phase), not {s.kind!r}; add --schedule.kind=wsd")
+    if not os.path.isfile(path):
+        raise ConfigError(f"schedule.cooldown_from = {path!r} does not exist (from {os.getcwd()}); name a "
+                          f"RUN_DIR/ckpt_*.pt of the run to branch from")
+    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(cfg.logging.run_dir):
+        raise ConfigError(f"schedule.cooldown_from = {path!r} is in this run's own directory; a branch needs its "
+                          f"own --logging.run_dir (the default run_dir gives it one)")
+    state = ckpt.load_checkpoint(path, map_location="cpu")
+    state["path"], state["unverified"] = path, False
+    step, source = state["step"], (state.get("config") or {}).get("schedule") or {}
+    src_max = (state.get("config") or {}).get("train", {}).get("max_steps", 0)
+    src_decay = src_max - max(1, round(source.get("decay_fraction", 0.2) * src_max))
+    if source.get("kind") != "wsd" or step < source.get("warmup_steps", 0) or step > src_decay \
+            or state.get("cooldown_start") is not None:
+        raise ConfigError(f"{path} (step {step}) is not in the stable phase of a wsd run (its schedule: "
+                          f"{source.get('kind')}, warmup {source.get('warmup_steps')}, cooldown from step "
+                          f"{src_decay}); branch from a checkpoint between warmup and the cooldown")
+    if cfg.train.max_steps <= step:
+        raise ConfigError(f"train.max_steps = {cfg.train.max_steps} must exceed the branch point {step}: the "
+                          f"cooldown runs from step {step} to max_steps")
+    log(f"cooldown branch from {path} (step {step}): wsd cooldown over steps {step}..{cfg.train.max_steps}")
+    return state
 
 
 def _resume_from(cfg, log) -> tuple[dict, list[tuple[str, str]]]:
@@ -246,6 +291,10 @@ def apply_checkpoint(state: dict | None, path: str | None, model, optimizer, mcf
     run.wall_s = float(state.get("wall_s", 0.0))  # older checkpoints have none
     run.steps_since_skip = state.get("steps_since_skip")
     run.target_reached = state.get("target_reached")
+    if is_branch_point(path, cfg):
+        run.cooldown_start, run.branched_from = state["step"], os.path.abspath(path)
+    else:
+        run.cooldown_start, run.branched_from = state.get("cooldown_start"), state.get("branched_from")
     # a checkpoint written while recovering names the good one before it; older checkpoints were all good
     run.last_good = path if state.get("good", True) else state.get("last_good")
     run.resumed = True
@@ -325,8 +374,10 @@ def check_no_symlinks(run_dir: str) -> None:
                               f"overwrite the target: remove the link, or use another --logging.run_dir")
 
 
-def prepare_run_dir(cfg, bad_checkpoints, log, code: dict | None = None) -> None:
-    """Rank 0, once every check has passed: the first writes into the run directory, the lock first."""
+def prepare_run_dir(cfg, bad_checkpoints, log, code: dict | None = None, branched_from: str | None = None) -> None:
+    """Rank 0, once every check has passed: the first writes into the run directory, the lock first. A new cooldown
+    branch starts with the history of the run it branches from (its metrics.jsonl, cut back to the branch point by
+    MetricsLogger), so its curves and counters continue from there."""
     run_dir = cfg.logging.run_dir
     if os.path.islink(run_dir.rstrip(os.sep)):  # allowed (a run dir on a scratch disk), but said where it writes
         log(f"note: {run_dir} is a symlink; the run writes into {os.path.realpath(run_dir)}")
@@ -337,6 +388,10 @@ def prepare_run_dir(cfg, bad_checkpoints, log, code: dict | None = None) -> None
     for path, problem in bad_checkpoints:
         ckpt.set_aside(path, problem, log, suffix=".abandoned" if problem.startswith("abandoned") else ".corrupt")
     ckpt.clean_incomplete(run_dir)  # leftovers of a write that a crash interrupted
+    source_metrics = os.path.join(os.path.dirname(branched_from or ""), "metrics.jsonl")
+    ours = os.path.join(run_dir, "metrics.jsonl")
+    if branched_from and not os.path.exists(ours) and os.path.isfile(source_metrics):
+        atomic_write(ours, lambda f: f.write(open(source_metrics, "rb").read()))
     header = "".join(f"# code {k}: {v}\n" for k, v in (code or {}).items())  # comments: config.toml still loads
     atomic_write(os.path.join(run_dir, "config.toml"), lambda f: f.write((header + to_toml(cfg)).encode()))
 
@@ -361,7 +416,8 @@ def save_checkpoint(run: TrainingState, step: int, model, optimizer, cfg, mcfg, 
         "skipped_steps": run.skipped, "wall_s": run.wall_s, "rng": rng, "config": to_dict(cfg),
         "model_config": vars(mcfg).copy(), "good": good, "last_good": run.last_good,
         "steps_since_skip": run.steps_since_skip, "resumed_from": run.resumed_from,
-        "target_reached": run.target_reached, "code": run.code,
+        "target_reached": run.target_reached, "code": run.code, "cooldown_start": run.cooldown_start,
+        "branched_from": run.branched_from,
     }, cfg.checkpoint.keep_last, protect=run.last_good)
     log(f"saved {path}" + ("" if good else f" (while recovering from skipped steps: not a good checkpoint; the good "
                                            f"one, {previous_good or 'none yet'}, is kept)"))

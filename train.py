@@ -166,7 +166,7 @@ def build_and_resume(cfg, mcfg, device, ddp: bool, rank: int, master: bool, log)
         log(f"resumed from step {run.start_step} in {cfg.logging.run_dir}")
     def prepare():  # rank 0's first writes; a failure reaches every rank as one error (no rank left waiting)
         try:
-            resume.prepare_run_dir(cfg, bad_checkpoints, log, run.code)
+            resume.prepare_run_dir(cfg, bad_checkpoints, log, run.code, run.branched_from)
         except OSError as e:
             raise (launch.run_dir_error(e, cfg.logging.run_dir) or e) from None
 
@@ -283,7 +283,7 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
     window_s, window_tokens = 0.0, 0  # compute time and tokens since the last log line (for tokens/s)
     t_loop = time.time()
     for step in range(run.start_step, max_steps):
-        factor = lr_factor(step, cfg.schedule, max_steps)
+        factor = lr_factor(step, cfg.schedule, max_steps, run.cooldown_start)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
 

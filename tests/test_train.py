@@ -251,3 +251,41 @@ def test_target_val_loss_stop_at_target_grad_clip_value_and_code_version(text_da
     capsys.readouterr()
     assert train_main(train_args(text_data_dir, run, *extra)) == json.load(open(os.path.join(run, "final.json")))
     assert "holds a finished run" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_cooldown_branch_continues_a_stable_phase_checkpoint_in_its_own_run_dir(text_data_dir, tmp_path):
+    """schedule.cooldown_from: one wsd run, a branch from its step-8 checkpoint cooling down to step 12 in its own
+    directory; the branch's history up to the branch point is the source's, its step-8 loss (before the first
+    cooldown update) equals the source's bit for bit, its lr follows the cooldown, and its counters continue."""
+    from errors import ConfigError
+    from metrics import read_records
+
+    source = str(tmp_path / "source")
+    base = ["--schedule.kind=wsd", "--schedule.warmup_steps=2", "--schedule.decay_fraction=0.5",
+            "--schedule.min_lr_ratio=0.0", "--checkpoint.interval=4", "--train.eval_interval=4"]
+    train_main(train_args(text_data_dir, source, *base, "--train.max_steps=20", "--checkpoint.keep_last=5"))
+    branch = str(tmp_path / "branch")
+    point = os.path.join(source, "ckpt_00000008.pt")
+    summary = train_main(train_args(text_data_dir, branch, *base, "--train.max_steps=12",
+                                    f"--schedule.cooldown_from={point}", "--schedule.cooldown_shape=sqrt"))
+    src, br = (read_records(os.path.join(d, "metrics.jsonl")) for d in (source, branch))
+    train_src = {r["step"]: r for r in src if r["kind"] == "train"}
+    train_br = {r["step"]: r for r in br if r["kind"] == "train"}
+    assert sorted(train_br) == list(range(12))
+    assert all(train_br[i]["loss"] == train_src[i]["loss"] for i in range(9))  # copied history + the branch point
+    assert train_br[9]["loss"] != train_src[9]["loss"]  # the cooldown changed the update of step 8
+    base_lr = train_src[5]["lr"]  # stable phase: factor 1
+    for step in (8, 9, 11):  # sqrt cooldown over steps 8..12: 1 - sqrt((step - 8 + 1) / 4)
+        assert train_br[step]["lr"] == pytest.approx(base_lr * (1 - math.sqrt((step - 7) / 4)))
+    assert summary["tokens"] == 12 * 1024 and summary["steps"] == 12
+    assert os.path.exists(os.path.join(source, "ckpt_00000020.pt"))  # the source is untouched
+    with pytest.raises(ConfigError, match="not in the stable phase"):
+        train_main(train_args(text_data_dir, str(tmp_path / "late"), *base, "--train.max_steps=24",
+                              f"--schedule.cooldown_from={os.path.join(source, 'ckpt_00000012.pt')}"))
+    with pytest.raises(ConfigError, match="must keep the run's settings.*optimizer.lr"):
+        train_main(train_args(text_data_dir, str(tmp_path / "other"), *base, "--train.max_steps=12",
+                              f"--schedule.cooldown_from={point}", "--optimizer.lr=0.01"))
+    with pytest.raises(ConfigError, match="needs schedule.kind = 'wsd'"):
+        train_main(train_args(text_data_dir, str(tmp_path / "cos"), "--train.max_steps=12",
+                              f"--schedule.cooldown_from={point}"))
