@@ -44,7 +44,7 @@ import subprocess
 import sys
 
 from config import SECTIONS, RunConfig, load_config
-from errors import ConfigError, main_guard
+from errors import ConfigError, Interrupted, main_guard
 from plot import fmt_flops, fmt_loss, fmt_time, load_run
 
 RESERVED = ("logging.run_dir", "logging.run_name", "logging.group")  # set per cell by the sweep
@@ -388,7 +388,13 @@ def main(argv=None):
                 results.append(_cell_result(cell_dir, name, overrides, "finished earlier"))
                 continue
             print(f"[sweep {n}/{len(cells)}] {name}: {shlex.join(cmd)}", flush=True)
-            rc = subprocess.run(cmd, check=False).returncode
+            try:
+                rc = subprocess.run(cmd, check=False).returncode
+            except KeyboardInterrupt:  # Ctrl-C reaches the cell too (same process group); train.py checkpoints
+                results.append(_cell_result(cell_dir, name, overrides, "interrupted"))
+                raise Interrupted(f"Ctrl-C during cell {n}/{len(cells)} ({name}); summary.md has the cells so far. "
+                                  f"Rerun the same command to continue: finished cells are skipped, this one "
+                                  f"resumes from its checkpoint") from None
             if rc == 0 and os.path.isfile(os.path.join(cell_dir, "final.json")):
                 status = "done"
             else:

@@ -285,3 +285,21 @@ def test_all_cells_failed_draws_no_figure(env, capsys, grid):
     rows = summary_rows(env["out"] / "summary.md")
     assert len(rows) == 2 and all(r[len(grid) + 1] == "failed (exit 3)" and r[len(grid) + 2] == "—"
                                   for r in rows.values())
+
+
+def test_ctrl_c_is_one_line_and_keeps_the_summary(env, tmp_path):
+    # The second cell's launcher sends SIGINT to the sweep (as Ctrl-C does): summary so far, one `stopped:` line, 130.
+    launcher = tmp_path / "interrupting.py"
+    launcher.write_text("import os, signal, subprocess, sys\n"
+                        "if 'lr3e-3' in ' '.join(sys.argv):\n"
+                        "    os.kill(os.getppid(), signal.SIGINT)\n"
+                        "    signal.pause()\n"
+                        f"sys.exit(subprocess.run([sys.executable, {str(tmp_path / 'fake_launcher.py')!r}, "
+                        "*sys.argv[1:]]).returncode)\n")
+    p = sweep_cli(str(tmp_path / "base.toml"), "--out", str(env["out"]), "--launcher",
+                  f"{sys.executable} {launcher}", "--grid", "optimizer.lr=1e-3,3e-3,1e-2")
+    assert p.returncode == 130, p.stderr
+    assert p.stderr.splitlines()[-1].startswith("stopped: Ctrl-C during cell 2/3 (lr3e-3)")
+    assert "Traceback" not in p.stderr
+    rows = summary_rows(env["out"] / "summary.md")
+    assert [r[2] for r in rows.values()] == ["done", "interrupted", "not run"]
