@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 import checkpoint as ckpt
 import launch
+import parallel
 from atomic import atomic_write
 from config import BRANCH_CHANGES, RESUMABLE_CHANGES, differences, load_config, to_dict, to_toml
 from errors import ERRORS, CheckpointError, ConfigError, NanoptimError, NonFiniteError, RunDirError
@@ -276,8 +277,11 @@ def apply_checkpoint(state: dict | None, path: str | None, model, optimizer, mcf
     check_checkpoint_fits(state, path, mcfg, cfg)
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if parallel.is_sharded(model):  # FSDP: the full state dicts of any run, each rank keeping its rows
+            parallel.load_full_state(model, optimizer, state["model"], state["optimizer"])
+        else:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path} does not fit this model/optimizer "
                               f"({str(e).splitlines()[0][:160]}); use another --logging.run_dir") from None
@@ -407,11 +411,15 @@ def save_checkpoint(run: TrainingState, step: int, model, optimizer, cfg, mcfg, 
     path, good, previous_good = ckpt.checkpoint_path(cfg.logging.run_dir, step), run.healthy, run.last_good
     if good:
         run.last_good = path
+    # FSDP: every rank takes part in gathering the full state dicts (DDP's format), which rank 0 then writes
+    model_sd, optimizer_sd = (parallel.full_state_dicts(model, optimizer) if parallel.is_sharded(model)
+                              else (None, None))
     if not master:
         return
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else None}
     path = ckpt.save_checkpoint(cfg.logging.run_dir, {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+        "model": model.state_dict() if model_sd is None else model_sd,
+        "optimizer": optimizer.state_dict() if optimizer_sd is None else optimizer_sd, "step": step,
         "best_val_loss": run.best_val, "counters": run.counters.state_dict(), "elapsed_s": run.elapsed_s,
         "skipped_steps": run.skipped, "wall_s": run.wall_s, "rng": rng, "config": to_dict(cfg),
         "model_config": vars(mcfg).copy(), "good": good, "last_good": run.last_good,
