@@ -95,6 +95,8 @@ class TrainSection:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     dtype: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU) | "float32" | "bfloat16"
     compile: bool = False
+    parallel: str = "ddp"  # under torchrun: "ddp" (every rank holds everything) | "fsdp" (sharded; docs/fsdp.md)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
     grad_clip: float = 1.0  # clip the gradient norm to this; 0 = no clipping (the norm is still logged)
     grad_clip_value: float = 0.0  # first clamp each gradient entry to ±this (logged: clamped_fraction); 0 = off
     eval_interval: int = 50
@@ -103,6 +105,14 @@ class TrainSection:
     stop_after: int = 0  # checkpoint and exit after this many steps in this invocation (job time slots); 0 = never
     target_val_loss: float = 0.0  # record the first step/tokens/FLOPs whose val loss is below this; 0 = none
     stop_at_target: bool = False  # end the run there (final.json: stopped_at_target), e.g. Track 3's 3.28
+
+
+@dataclass
+class EvalSection:
+    hellaswag: bool = False  # HellaSwag acc / acc_norm (evals/hellaswag.py), logged with the val loss
+    hellaswag_interval: int = 0  # every this many steps (a multiple of train.eval_interval); 0 = at the end only
+    hellaswag_path: str = ""  # a local hellaswag_val.jsonl (offline); "" = download once into ~/.cache/nanoptim
+    hellaswag_limit: int = 0  # the first N examples only (smoke tests); 0 = all 10,042
 
 
 @dataclass
@@ -130,6 +140,7 @@ class RunConfig:
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
 
@@ -144,6 +155,7 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.dtype": ("auto", "float32", "bfloat16"),
     "train.nonfinite": ("stop", "skip"),
+    "train.parallel": ("ddp", "fsdp"),
     "logging.wandb": ("disabled", "offline", "online"),
     "checkpoint.resume": ("auto", "never"),
 }
@@ -154,7 +166,8 @@ BRANCH_CHANGES = ("train.max_steps", "schedule.cooldown_from", "schedule.decay_f
                   "schedule.min_lr_ratio", "train.target_val_loss", "train.stop_at_target")
 
 RESUMABLE_CHANGES = ("logging.", "checkpoint.", "train.log_interval", "train.eval_interval", "train.compile",
-                     "train.micro_batch", "train.stop_after", "data.source")
+                     "train.micro_batch", "train.stop_after", "data.source", "train.parallel",
+                     "train.activation_checkpointing")
 
 
 # ----------------------------------------------------------------------------- typing helpers
@@ -439,7 +452,8 @@ def validate(cfg: RunConfig) -> None:
                    "train.eval_interval", "data.val_tokens", "model.vocab_size", "checkpoint.keep_last"):
         positive(dotted)
     for dotted in ("model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "train.grad_clip",
-                   "train.grad_clip_value", "train.target_val_loss",
+                   "train.grad_clip_value", "train.target_val_loss", "eval.hellaswag_interval",
+                   "eval.hellaswag_limit",
                    "train.micro_batch",
                    "schedule.warmup_steps", "checkpoint.interval", "train.seed", "train.stop_after"):
         positive(dotted, allow_zero=True)
@@ -448,6 +462,9 @@ def validate(cfg: RunConfig) -> None:
     _check_run_dir_path(cfg.logging.run_dir)
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout = {cfg.model.dropout} must be in [0, 1)")
+    if cfg.train.parallel == "fsdp" and cfg.optimizer.method == "soap":
+        raise ConfigError("train.parallel = 'fsdp' does not support optimizer soap (its Shampoo factors need every "
+                          "matrix's whole gradient on every rank); use --train.parallel=ddp")
     s = cfg.schedule
     for key in ("warmup_start_factor", "min_lr_ratio", "decay_fraction", "gamma"):
         value = getattr(s, key)

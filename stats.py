@@ -295,8 +295,10 @@ def report(groups, target=TRACK3_TARGET, pairs="best", alpha=0.05, slope=TRACK3_
         warnings.warn(f"the runs in this table come from {len(all_codes)} code versions "
                       f"({', '.join(sorted(code_text(v) for v in all_codes))}): a difference may be the code's")
     t = f"{target:g}"
+    extras = [(key, name) for key, name in (("val_bpb", "final val bpb"), ("hellaswag_acc_norm", "hellaswag acc_norm"))
+              if any(_finite([(r.final or {}).get(key)]) for g in groups for r in g.runs)]
     head = ["rank", "group", "n", "seeds", "best val loss", "final val loss", f"reached < {t}", f"steps to < {t}",
-            "tokens then", "FLOPs then"] + (["commit"] if all_codes else [])
+            "tokens then", "FLOPs then"] + [name for _, name in extras] + (["commit"] if all_codes else [])
     lines = [f"# Statistics: {nruns} finished run(s) in {len(groups)} group(s), target val loss {t}", "",
              "Mean ± sample sd over each group's runs (runs that differ only in seed, logging, checkpointing); "
              f"steps/tokens/FLOPs to < {t}: the first eval below the target, over the runs that reached it.", "",
@@ -308,6 +310,7 @@ def report(groups, target=TRACK3_TARGET, pairs="best", alpha=0.05, slope=TRACK3_
                _ms(g.final, _loss) + (f" ({g.n - len(g.final)} non-finite)" if len(g.final) < g.n else ""),
                f"{len(hit)}/{g.n}", _ms([e["step"] for e in hit], _steps),
                _ms(_finite(e.get("tokens") for e in hit), _num), _ms(_finite(e.get("total_flops") for e in hit), _num)]
+        row += [_ms(_finite((r.final or {}).get(key) for r in g.runs), _loss) for key, _ in extras]
         if all_codes:
             row.append(", ".join(code_text(v) for v in codes[g.label]) or "—")
         lines.append("| " + " | ".join(row) + " |")

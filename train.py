@@ -35,11 +35,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import launch
+import parallel
 import resume
 from atomic import atomic_write
 from config import changed_keys_text, load_config, to_dict
 from data.loader import TokenDataset, train_batch, val_batches
 from errors import ConfigError, Interrupted, NanoptimError, NonFiniteError, main_guard
+from evaluation import Evaluator
 from flops import FlopsCounter, mfu, model_flops_per_token
 from metrics import MetricsLogger, code_version
 from model import GPT, model_config
@@ -65,40 +67,6 @@ def batch_layout(tc, seq_len: int, world_size: int) -> tuple[int, int]:
     # runs on 1, 2 or 4 processes with the same global batch. 0 = the whole share at once (no accumulation).
     micro_batch = max(d for d in range(1, share + 1) if share % d == 0 and d <= (tc.micro_batch or share))
     return micro_batch, share // micro_batch
-
-
-def evaluate(model, val_set, device, autocast, ddp: bool) -> float:
-    """Mean loss over the fixed validation set (each rank its share, all-reduced)."""
-    model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses × n, n)
-    with torch.no_grad():
-        for x, y in val_set:
-            x, y = x.to(device), y.to(device)
-            with autocast:
-                _, loss = model(x, y)
-            total += torch.tensor([loss.item() * len(x), len(x)], dtype=torch.float64, device=device)
-    if ddp:
-        dist.all_reduce(total)
-    model.train()
-    return (total[0] / total[1]).item()
-
-
-def evaluate_and_log(step: int, model, val_set, device, autocast, ddp: bool, run, logger, log, tc) -> float:
-    """Evaluate at `step` (before that step's update), update the best val loss, log it; the first evaluation below
-    train.target_val_loss is recorded in run.target_reached (step, tokens, FLOPs: the speedrun's steps-to-target)."""
-    log(f"step {step}: evaluating ...")
-    t0 = time.time()
-    val = evaluate(model, val_set, device, autocast, ddp)
-    run.best_val = min(run.best_val, val)
-    reached = bool(tc.target_val_loss and val < tc.target_val_loss and run.target_reached is None)
-    if reached:
-        run.target_reached = dict(step=step, val_loss=val, **run.counters.as_dict())
-    logger.log_eval(dict(step=step, val_loss=val, **run.counters.as_dict(), elapsed_s=run.elapsed_s,
-                         **({"reached_target": tc.target_val_loss} if reached else {})))
-    log(f"step {step}: val loss {val:.4f} (best {run.best_val:.4f}; {time.time() - t0:.1f}s)" +
-        (f": below the target {tc.target_val_loss} for the first time, after {run.counters.tokens:,} tokens"
-         if reached else ""))
-    return val
 
 
 def precision(dtype: str, device_type: str):
@@ -149,7 +117,17 @@ def build_and_resume(cfg, mcfg, device, ddp: bool, rank: int, master: bool, log)
     then does rank 0 write into the run directory for the first time."""
     torch.manual_seed(cfg.train.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
     raw_model = GPT(mcfg).to(device)
+    # train.parallel = "fsdp" (parallel.py): parameters, gradients and optimizer state sharded over the ranks
+    fsdp = ddp and cfg.train.parallel == "fsdp"
+    if cfg.train.parallel == "fsdp" and not ddp:
+        log("note: train.parallel = 'fsdp' with one process (no torchrun): nothing to shard, the model is unwrapped")
+    if cfg.train.activation_checkpointing:
+        parallel.checkpoint_activations(raw_model)
+    if fsdp:
+        parallel.shard_model(raw_model, device, dist.get_world_size())
     optimizer = build_optimizer(raw_model, cfg.optimizer.method, cfg.optimizer.settings)
+    if fsdp:
+        optimizer = parallel.shard_optimizer(optimizer)
     state = None
 
     def choose():
@@ -172,7 +150,7 @@ def build_and_resume(cfg, mcfg, device, ddp: bool, rank: int, master: bool, log)
 
     resume.from_master(ddp, master, prepare)
     model = torch.compile(raw_model) if cfg.train.compile else raw_model
-    if ddp:
+    if ddp and not fsdp:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     return model, raw_model, optimizer, run
 
@@ -193,13 +171,13 @@ def clip_gradients(params, clip_value: float, clip_norm: float) -> tuple[float, 
 def forward_backward(model, train_ds, tc, step: int, rank: int, world_size: int, micro_batch: int, accum: int,
                      device, autocast, ddp: bool) -> float:
     """Forward and backward over this step's global batch (gradients accumulated over `accum` micro-steps; DDP syncs
-    them on the last one only); returns the mean training loss over all ranks."""
+    them on the last one only, FSDP reduce-scatters them then); returns the mean training loss over all ranks."""
     loss_sum = torch.zeros((), device=device)
     for micro_step in range(accum):
         x, y = train_batch(train_ds, tc.seed, step, micro_step, rank, world_size, micro_batch, accum)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         sync = not ddp or micro_step == accum - 1
-        with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
+        with parallel.grad_sync(model, sync), autocast:  # DDP's no_sync / FSDP2's set_requires_gradient_sync
             _, loss = model(x, y)
         (loss / accum).backward()
         loss_sum += loss.detach()
@@ -264,6 +242,7 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
                            run_name=cfg.logging.run_name or os.path.basename(os.path.normpath(run_dir)),
                            group=cfg.logging.group, enabled=master,
                            resume_step=run.start_step - 1 if run.resumed else None, code=run.code)
+    evaluate = Evaluator(cfg, model, val_set, device, autocast, ddp, rank, world_size, mcfg, logger, log)
     gpu_name = torch.cuda.get_device_name(device) if device_type == "cuda" else None
     log(f"model {cfg.model.arch}/{cfg.model.size} ({mcfg.n_layer} layers × {mcfg.n_head} heads × {mcfg.n_embd} wide, "
         f"context {mcfg.block_size}): {raw_model.param_counts()['total'] / 1e6:.2f}M parameters | "
@@ -288,7 +267,7 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
             group["lr"] = group["base_lr"] * factor
 
         if step % tc.eval_interval == 0:
-            last_val = evaluate_and_log(step, model, val_set, device, autocast, ddp, run, logger, log, tc)
+            last_val = evaluate(step, run)
             if tc.stop_at_target and run.target_reached:
                 break  # train.stop_at_target: the run ends here, at the first evaluation below the target
 
@@ -344,13 +323,13 @@ def _train(cfg, ddp, rank, world_size, device, master, log, stop) -> dict:
     if at_target:
         save(end)
     elif run.start_step < max_steps or last_val is None:
-        last_val = evaluate_and_log(max_steps, model, val_set, device, autocast, ddp, run, logger, log, tc)
+        last_val = evaluate(max_steps, run, final=True)
         save(max_steps)
     summary = dict(steps=end, best_val_loss=run.best_val, final_val_loss=last_val, **counters.as_dict(),
                    elapsed_s=run.elapsed_s, skipped_steps=run.skipped,
                    wall_s=wall_before + time.time() - t_start,  # summed over every invocation of the run
                    target_val_loss=tc.target_val_loss or None, target_reached=run.target_reached,
-                   stopped_at_target=at_target, code=run.code)
+                   stopped_at_target=at_target, **evaluate.last, code=run.code)
     if master:
         atomic_write(os.path.join(run_dir, "final.json"), lambda f: f.write(json.dumps(summary, indent=2).encode()))
     logger.finish(summary)

@@ -1,0 +1,1 @@
+"""Evaluations beyond the validation loss: HellaSwag (evals/hellaswag.py) and bits per byte (evals/bpb.py)."""
