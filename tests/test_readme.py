@@ -38,7 +38,7 @@ def _rule(command: str) -> str:
         return "checked"
     if command.startswith("NNODES="):
         return "skip"
-    if command.startswith("bash run.sh configs/gpt2_124m.toml"):
+    if re.match(r"bash run\.sh configs/gpt2_(124m|355m|720m)\.toml", command):
         return "gpu"
     if command.endswith("--plan") or " --plan " in command or "--plan." in command:
         return "run"  # the planner needs neither data nor a GPU
