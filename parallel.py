@@ -91,6 +91,18 @@ def grad_sync(model, sync: bool):
     return model.no_sync()
 
 
+def all_finite(params) -> bool:
+    """Whether every entry of every parameter is finite, on every rank (sharded parameters: each rank checks its
+    shards, then one all_reduce)."""
+    local = [p.detach().to_local() if isinstance(p, DTensor) else p.detach() for p in params]
+    ok = torch.stack([t.isfinite().all() for t in local]).all() if local else torch.tensor(True)
+    if any(isinstance(p, DTensor) for p in params):
+        flag = ok.to(torch.int32).reshape(1)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+    return bool(ok)
+
+
 # -------------------------------------------------------------------------------------------------------------
 # checkpoints: full state dicts, the same as DDP's
 
@@ -166,5 +178,54 @@ def shard_bytes(model, optimizer) -> dict:
     return dict(params=params, optimizer_state=state, total=params + state)
 
 
+def planned_shard_bytes(model, optimizer, world_size: int, rank: int = 0) -> dict:
+    """shard_bytes of `rank` under FSDP on `world_size` ranks, from an UNSHARDED model and optimizer (after a step,
+    so that the state exists; the meta device will do): every parameter and ≥1-D state tensor split by rows as
+    FSDP2 splits them (shard_rows), 0-d state whole. Rank 0 holds the largest shards."""
+    def local(t):
+        if t.ndim == 0:
+            return t.element_size()
+        return shard_rows(t.size(0), world_size)[rank] * (t.numel() // max(1, t.size(0))) * t.element_size()
+
+    params = sum(local(p) for p in {id(p): p for p in model.parameters()}.values())
+    state = sum(local(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+    return dict(params=params, optimizer_state=state, total=params + state)
+
+
+def memory_table(sizes=("gpt2-124m", "gpt2-1.5b", "llama-1b"), methods=("adamw", "muon", "lionmuon"),
+                 world_sizes=(1, 2, 4, 8)) -> str:
+    """The docs/fsdp.md table: parameters + optimizer state per rank (GiB), DDP (every rank the whole) against
+    FSDP on N ranks, for the default recipe of each optimizer (its routing and backup AdamW). Built on the meta
+    device: the shapes of one real step's state, no memory."""
+    from model import GPT, model_config
+    from optimizers import build_optimizer
+
+    rows = ["| model | optimizer | params + state, DDP (any N) | " +
+            " | ".join(f"FSDP N={n}" for n in world_sizes) + " |", "|---|---|---|" + "---|" * len(world_sizes)]
+    gib = 2 ** 30
+    for size in sizes:
+        arch = "llama" if size.startswith("llama") else "gpt2"
+        with torch.device("meta"):
+            for method in methods:
+                model = GPT(model_config(arch, size))
+                opt = build_optimizer(model, method, {"ns_dtype": "float32"} if method != "adamw" else {})
+                for p in model.parameters():
+                    p.grad = torch.zeros_like(p)
+                opt.step()
+                full = planned_shard_bytes(model, opt, 1)
+                per = [planned_shard_bytes(model, opt, n) for n in world_sizes]
+                rows.append(f"| {size} ({model.param_counts()['total'] / 1e6:.0f}M) | {method} | "
+                            f"{full['params'] / gib:.2f} + {full['optimizer_state'] / gib:.2f} = "
+                            f"{full['total'] / gib:.2f} GiB | " +
+                            " | ".join(f"{m['total'] / gib:.2f} ({full['total'] / m['total']:.2f}×)" for m in per)
+                            + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(memory_table())
+
+
 __all__ = ["PARALLEL_MODES", "ShardedOptimizer", "checkpoint_activations", "shard_model", "shard_optimizer",
-           "grad_sync", "is_sharded", "full_state_dicts", "load_full_state", "shard_bytes"]
+           "grad_sync", "is_sharded", "all_finite", "full_state_dicts", "load_full_state", "shard_bytes",
+           "planned_shard_bytes", "memory_table"]

@@ -404,8 +404,7 @@ def save_checkpoint(run: TrainingState, step: int, model, optimizer, cfg, mcfg, 
                     log) -> None:
     """Checkpoint after `step` steps (rank 0 writes; every rank checks the weights, so every rank stops together
     if they are non-finite: such a checkpoint must never become "the last good checkpoint")."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
+    if not parallel.all_finite([p for p in model.parameters() if p.requires_grad]):  # shards: checked per rank
         raise NonFiniteError(f"the weights became non-finite by step {step}, so no checkpoint was written "
                              f"({run.last_good_text()}); {run.resume_hint()}")
     path, good, previous_good = ckpt.checkpoint_path(cfg.logging.run_dir, step), run.healthy, run.last_good

@@ -47,9 +47,10 @@ def shard_rows(rows: int, world_size: int) -> list[int]:
 
 
 def _all_to_all(send: torch.Tensor, send_splits: list[int], recv_splits: list[int], group) -> torch.Tensor:
-    """all_to_all_single of a flat buffer; 16-bit floats travel as int16 (pure data movement: gloo has no bf16)."""
+    """all_to_all_single of a flat buffer; bf16 travels as fp16 bit patterns (the collective only copies bytes, and
+    gloo has no bf16)."""
     recv = send.new_empty(sum(recv_splits))
-    raw = (lambda t: t.view(torch.int16)) if send.element_size() == 2 else (lambda t: t)
+    raw = (lambda t: t.view(torch.float16)) if send.dtype == torch.bfloat16 else (lambda t: t)
     dist.all_to_all_single(raw(recv), raw(send), recv_splits, send_splits, group=group)
     return recv
 

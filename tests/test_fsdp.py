@@ -118,6 +118,8 @@ def single_process(cfg, steps, checkpoint=None):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """1 process: the straight run, its checkpoint at SAVE_AT, its final state."""
+    import parallel
+
     tmp = tmp_path_factory.mktemp("fsdp_ref")
     out = {}
     for case, cfg in CASES.items():
@@ -125,7 +127,9 @@ def reference(tmp_path_factory):
         torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, f"{tmp}/{case}_ws1.pt")
         rest = train(model, opt, range(SAVE_AT, STEPS))
         out[case] = dict(losses=first + rest, model=model.state_dict(), opt=opt.state_dict(),
-                         memory=__import__("parallel").shard_bytes(model, opt))
+                         memory=parallel.shard_bytes(model, opt),
+                         planned={(n, r): parallel.planned_shard_bytes(model, opt, n, r) for n in (2, 4)
+                                  for r in range(n)})
     return tmp, out
 
 
@@ -199,6 +203,24 @@ def test_per_rank_memory_is_a_shard(spawned, reference, world_size):
         for key in ("params", "optimizer_state"):
             assert sum(m[key] for m in per_rank) == full[key], (case, key)
             assert max(m[key] for m in per_rank) <= full[key] / world_size * 1.1, (case, key)
+        # parallel.planned_shard_bytes (docs/fsdp.md's table) predicts each rank's shards exactly
+        assert per_rank == [ref[case]["planned"][world_size, r] for r in range(world_size)], case
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    import parallel
+
+    x, y = global_batch()
+    grads = []
+    for recompute in (False, True):
+        model = make_model()
+        if recompute:
+            parallel.checkpoint_activations(model)
+        _, loss = model(x, y)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    assert grads[0][0] == grads[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1]))
 
 
 def test_soap_is_refused_under_fsdp():
@@ -221,9 +243,9 @@ def test_shard_rows_and_ns_bytes():
 
 @pytest.mark.slow
 def test_train_py_fsdp_matches_one_process_and_resumes_across_ddp_and_fsdp(text_data_dir, tmp_path):
-    """train.py under torchrun with --train.parallel=fsdp (2 gloo ranks, 4 micro-steps each): the losses of one
-    unsharded process; a run stopped under FSDP resumes in one process, and one stopped in one process resumes
-    under FSDP, with the straight run's next losses."""
+    """train.py under torchrun with --train.parallel=fsdp (2 gloo ranks, 4 micro-steps each; activation
+    checkpointing in one of the runs): the losses of one unsharded process; a run stopped under FSDP resumes in
+    one process, and one stopped in one process resumes under FSDP, with the straight run's next losses."""
     import sys
 
     from train import main as train_main
@@ -233,9 +255,11 @@ def test_train_py_fsdp_matches_one_process_and_resumes_across_ddp_and_fsdp(text_
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
     one, a, b = (str(tmp_path / name) for name in ("one", "fsdp_then_one", "one_then_fsdp"))
     train_main(train_args(text_data_dir, one, *extra))
-    run_subprocess([*torchrun, *train_args(text_data_dir, a, *extra, "--train.parallel=fsdp", "--train.stop_after=3")])
+    run_subprocess([*torchrun, *train_args(text_data_dir, a, *extra, "--train.parallel=fsdp", "--train.stop_after=3",
+                                           "--train.activation_checkpointing=true")])
     train_main(train_args(text_data_dir, a, *extra))  # one process, ddp (the default): the FSDP checkpoint resumes
-    train_main(train_args(text_data_dir, b, *extra, "--train.stop_after=3"))
+    # a subprocess: a live process's record in RUN_DIR/.lock (resume.lock_run_dir) would refuse the torchrun after it
+    run_subprocess(["train.py", *train_args(text_data_dir, b, *extra, "--train.stop_after=3")])
     run_subprocess([*torchrun, *train_args(text_data_dir, b, *extra, "--train.parallel=fsdp")])
     ref = train_losses(one)
     assert sorted(ref) == list(range(6))
