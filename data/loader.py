@@ -82,6 +82,25 @@ def tokenizer_vocab(data_dir: str) -> tuple[int | None, str]:
         return None, "its meta.json names no tokenizer size"
 
 
+def recorded_max_tokens(data_dir: str) -> dict:
+    """{shard path: its largest token id} from meta.json's shard_checks (written by data.prepare), for the shards
+    whose file size is still the recorded one; any other shard is scanned (data/shards.py read_tokens)."""
+    try:
+        with open(os.path.join(data_dir, "meta.json")) as f:
+            checks = json.load(f).get("shard_checks") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    out = {}
+    for name, info in checks.items() if isinstance(checks, dict) else ():
+        path = os.path.join(data_dir, name)
+        try:
+            if isinstance(info, dict) and os.path.getsize(path) == info.get("bytes"):
+                out[path] = int(info["max_token"])
+        except (OSError, TypeError, ValueError, KeyError):
+            pass
+    return out
+
+
 class TokenDataset:
     """One split of a data directory, cut into windows of seq_len + 1 tokens (see the module docstring).
 
@@ -97,11 +116,12 @@ class TokenDataset:
         if fmt == "auto":
             check_one_format(data_dir)
         n_vocab, source = tokenizer_vocab(data_dir)
+        known = recorded_max_tokens(data_dir)
         self.notes = []
         if n_vocab is not None and n_vocab < vocab_size:  # GPT-2's 50257 below the padded 50304
-            self.shards = [read_tokens(p, n_vocab, fmt, why=source) for p in self.paths]
+            self.shards = [read_tokens(p, n_vocab, fmt, why=source, known_max=known.get(p)) for p in self.paths]
         else:
-            self.shards = [read_tokens(p, vocab_size, fmt) for p in self.paths]
+            self.shards = [read_tokens(p, vocab_size, fmt, known_max=known.get(p)) for p in self.paths]
             if n_vocab is None:
                 self.notes.append(f"{data_dir}: {source}, so token ids were checked against model.vocab_size "
                                   f"{vocab_size} only, not against the tokenizer's own size")

@@ -452,6 +452,7 @@ class ShardWriter:
     tokens: int = 0
     documents: int = 0
     shards: list = field(default_factory=list)
+    checked: dict = field(default_factory=dict)  # shard name -> {"bytes", "max_token"}: the loader's token check
     _parts: list = field(default_factory=list)
     _buffered: int = 0
 
@@ -472,6 +473,8 @@ class ShardWriter:
         name = f"{self.prefix}_{len(self.shards):06d}.bin"
         write_shard(os.path.join(self.out_dir, name), allids[:n])
         self.shards.append(name)
+        self.checked[name] = dict(bytes=os.path.getsize(os.path.join(self.out_dir, name)),
+                                  max_token=int(allids[:n].max()))
         self._parts = [allids[n:]] if n < len(allids) else []
         self._buffered = len(allids) - n
 
@@ -559,6 +562,9 @@ def prepare(source: str, out: str, inputs=(), *, name: str | None = None, datase
             shard_tokens=shard_tokens, max_tokens=max_tokens,
             splits={s: dict(tokens=w.tokens, documents=w.documents, tokens_without_eot=w.tokens - w.documents,
                             shards=w.shards) for s, w in writers.items()},
+            # each shard's size and largest id: train.py checks token ids against these instead of reading every
+            # shard at start (a shard whose size differs is scanned)
+            shard_checks={name: info for w in writers.values() for name, info in w.checked.items()},
         )
         with open(os.path.join(staging, "meta.json"), "w") as f:
             json.dump(meta, f, indent=2)

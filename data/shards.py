@@ -108,16 +108,22 @@ def _headerless(path: str, size: int) -> tuple[int, int]:
     return 0, size // 2
 
 
-def read_tokens(path: str, vocab_size: int | None = None, fmt: str = "auto", why: str | None = None) -> np.memmap:
+def read_tokens(path: str, vocab_size: int | None = None, fmt: str = "auto", why: str | None = None,
+                known_max: int | None = None) -> np.memmap:
     """Memory-map the tokens of an llm.c shard or a nanoGPT .bin file as a read-only uint16 array.
 
     With `vocab_size`, also check that every token id is < vocab_size (a chunked scan for the maximum, so a
     multi-GB shard costs one sequential read and no extra memory); `why` says where that bound comes from.
+    known_max: the shard's largest id as data.prepare recorded it (meta.json shard_checks, for a file of the
+    recorded size): checked instead of scanning, so a start does not read every shard of a 10B-token dataset.
     """
     offset, n = shard_layout(path, fmt)
     tokens = np.memmap(path, dtype="<u2", mode="r", offset=offset, shape=(n,))
     if vocab_size is not None:
-        check_vocab(tokens, vocab_size, path, why)
+        if known_max is None:
+            check_vocab(tokens, vocab_size, path, why)
+        elif known_max >= vocab_size:
+            check_vocab(tokens, vocab_size, path, why)  # the recorded id is too large: scan, for the message
     return tokens
 
 
