@@ -5,9 +5,10 @@ Update, per parameter, t counting steps from 1 (pytorch/pytorch: torch/optim/ada
     m ← β1·m + (1−β1)·g ;   v ← β2·v + (1−β2)·g²
     p ← p − lr · (m/(1−β1ᵗ)) / (sqrt(v/(1−β2ᵗ)) + eps)
 
-The step runs torch's own kernels (fused on CUDA, foreach otherwise), so its speed and numerics are
-torch.optim.AdamW's. Routing "none" (the default) gives weight decay to ≥2-D parameters only (matmul weights and
-embeddings), none to biases and norm gains, as nanoGPT's configure_optimizers does. State: exp_avg, exp_avg_sq
+The step runs torch's own fused kernel (on CUDA and on CPU; foreach on other devices), so its speed and
+numerics are torch.optim.AdamW(fused=True)'s (the foreach kernels round a few entries differently, by an ulp).
+Routing "none" (the default) gives weight decay to ≥2-D parameters only (matmul weights and embeddings), none to
+biases and norm gains, as nanoGPT's configure_optimizers does. State: exp_avg, exp_avg_sq
 (2 tensors per parameter) and a step counter.
 """
 

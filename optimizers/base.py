@@ -6,8 +6,8 @@ The param-group contract (train.py, checkpoints and build.py rely on it):
     (matrix lr, backup-AdamW lr, LionMuon's ηL/ηM) never change;
   - every group has `backup_adamw`: False for the optimizer's own update rule, True for the backup AdamW that takes
     what routing keeps away from it (embeddings, norms, biases; routing.py). A backup group carries its own lr,
-    betas, eps and weight_decay and is stepped by torch's own AdamW kernels (fused on CUDA, foreach elsewhere), so
-    it is exactly torch.optim.AdamW:
+    betas, eps and weight_decay and is stepped by torch's own fused AdamW kernel (on CUDA and on CPU; foreach on
+    other devices), so it is exactly torch.optim.AdamW(fused=True):
         p ← p·(1 − lr·wd);  m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²;
         p ← p − lr·(m/(1−β1ᵗ)) / (sqrt(v/(1−β2ᵗ)) + eps).
     The LionMuon code's backup adds eps to the *uncorrected* sqrt(v), i.e. an effective eps of eps/sqrt(1−β2ᵗ) in
@@ -201,8 +201,20 @@ def check_adamw_args(lr, betas, eps, weight_decay, prefix: str = "") -> None:
     check_number(f"{prefix}weight_decay", weight_decay, 0)
 
 
+# torch's fused AdamW kernel, by device type: the dtypes it takes (float64 is CPU-only here: the CUDA path keeps the
+# dtypes it has always been used with)
+FUSED_ADAMW_DTYPES = {
+    "cuda": (torch.float32, torch.float16, torch.bfloat16),
+    "cpu": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+}
+
+
 def adamw_group_step(state: dict, group: dict) -> None:
-    """One torch AdamW step on `group` (decoupled wd), fused on CUDA, foreach otherwise."""
+    """One torch AdamW step on `group` (decoupled wd): torch's fused kernel on CUDA and CPU, foreach otherwise.
+
+    On CPU the fused kernel makes one pass over memory where foreach makes about ten (benchmarks/RESULTS.md,
+    issue 17); it rounds differently from the foreach kernels in the last bit of a few entries, so the step equals
+    torch.optim.AdamW(fused=True) bit for bit (and foreach/for-loop AdamW to within an ulp per step)."""
     params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
     for p in group["params"]:
         if p.grad is None:
@@ -211,15 +223,16 @@ def adamw_group_step(state: dict, group: dict) -> None:
         grads.append(p.grad)
     if not params:
         return
-    fused = all(p.is_cuda and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+    device = params[0].device
+    fused = all(p.device == device and p.dtype in FUSED_ADAMW_DTYPES.get(device.type, ()) for p in params)
     for p in params:
         st = state[p]
         if not st:
             st["step"] = torch.zeros((), dtype=torch.float32, device=p.device if fused else "cpu")
             st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        # fused kernels want the step counter on the device, foreach ones on the CPU; a checkpoint saved on the
-        # other kind of device (or loaded by torch's load_state_dict) may hold it elsewhere
+        # fused kernels want the step counter on the parameter's device, foreach ones on the CPU; a checkpoint saved
+        # on another kind of device (or loaded by torch's load_state_dict) may hold it elsewhere
         want = p.device if fused else torch.device("cpu")
         if st["step"].device != want or st["step"].dtype != torch.float32:
             st["step"] = st["step"].to(device=want, dtype=torch.float32)

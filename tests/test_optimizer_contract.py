@@ -66,25 +66,55 @@ ADAMW = dict(adamw_lr=3.7e-3, adamw_betas=(0.71, 0.913), adamw_eps=3e-4, adamw_w
 @pytest.mark.parametrize("method,settings", [("muon", {}), ("lionmuon", {}), ("lion", dict(routing="lionmuon"))])
 def test_backup_adamw_is_torch_adamw_with_the_configured_settings(method, settings):
     """Guards: build_optimizer passes adamw_lr, adamw_betas, adamw_eps and adamw_weight_decay to the backup group
-    (values unlike every class default), the schedule scales its lr, and the step is torch.optim.AdamW bit for bit."""
+    (values unlike every class default), the schedule scales its lr, and the step is torch.optim.AdamW(fused=True)
+    bit for bit (the kernel it runs on CPU and CUDA); the foreach kernels round a few entries differently, by ulps."""
     model = Named()
     opt = build_optimizer(model, method, {**settings, **ADAMW})
     (backup,) = [g for g in opt.param_groups if g["backup_adamw"]]
     mine = backup["params"]
     assert len(mine) >= 3  # wte and the norms at least
-    copies = [p.detach().clone().requires_grad_() for p in mine]
-    ref = torch.optim.AdamW(copies, lr=ADAMW["adamw_lr"], betas=ADAMW["adamw_betas"], eps=ADAMW["adamw_eps"],
-                            weight_decay=ADAMW["adamw_weight_decay"], foreach=True)
+    refs = {}
+    for kernel in ("fused", "foreach"):
+        copies = [p.detach().clone().requires_grad_() for p in mine]
+        refs[kernel] = (copies, torch.optim.AdamW(
+            copies, lr=ADAMW["adamw_lr"], betas=ADAMW["adamw_betas"], eps=ADAMW["adamw_eps"],
+            weight_decay=ADAMW["adamw_weight_decay"], **{kernel: True}))
     for t, f in enumerate(FACTORS):
         schedule(opt, f)
-        ref.param_groups[0]["lr"] = ADAMW["adamw_lr"] * f
         set_grads([p for _, p in model.named_parameters()], t)
-        for c, p in zip(copies, mine):
-            c.grad = p.grad.clone()
+        for copies, ref in refs.values():
+            ref.param_groups[0]["lr"] = ADAMW["adamw_lr"] * f
+            for c, p in zip(copies, mine):
+                c.grad = p.grad.clone()
+            ref.step()
         opt.step()
-        ref.step()
-        for c, p in zip(copies, mine):
+        for c, d, p in zip(refs["fused"][0], refs["foreach"][0], mine):
             assert torch.equal(p.detach(), c.detach()), f"step {t}, shape {tuple(p.shape)}"
+            torch.testing.assert_close(p.detach(), d.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_backup_adamw_state_moves_between_kernels():
+    """Guards: an AdamW state whose step counters sit on another device than the fused kernel wants (a checkpoint
+    from the foreach kernel, or one that torch's load_state_dict cast) is moved, and the steps continue exactly as
+    torch.optim.AdamW(fused=True) from the same state."""
+    g = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(6, 4), (5,)]]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ours = optimizer_class("adamw")(params, lr=1e-2)
+    ref = torch.optim.AdamW(copies, lr=1e-2, fused=True)
+    for t in range(4):
+        for p, c in zip(params, copies):
+            p.grad = torch.randn(p.shape, generator=g)
+            c.grad = p.grad.clone()
+        if t == 2:  # a state with float64 step counters (as foreach AdamW after a dtype cast would leave)
+            for st in ours.state.values():
+                st["step"] = st["step"].double()
+        ours.step()
+        ref.step()
+        for p, c in zip(params, copies):
+            assert torch.equal(p.detach(), c.detach()), f"step {t}"
+    assert all(st["step"].dtype == torch.float32 and st["step"].device == p.device
+               for p, st in zip(params, (ours.state[p] for p in params)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
