@@ -39,7 +39,7 @@ import parallel
 import resume
 from atomic import atomic_write
 from config import changed_keys_text, load_config, to_dict
-from data.loader import TokenDataset, train_batch, val_batches
+from data.loader import TokenDataset, device_batch, val_batches
 from errors import ConfigError, Interrupted, NanoptimError, NonFiniteError, main_guard
 from evaluation import Evaluator
 from flops import FlopsCounter, mfu, model_flops_per_token
@@ -174,8 +174,7 @@ def forward_backward(model, train_ds, tc, step: int, rank: int, world_size: int,
     them on the last one only, FSDP reduce-scatters them then); returns the mean training loss over all ranks."""
     loss_sum = torch.zeros((), device=device)
     for micro_step in range(accum):
-        x, y = train_batch(train_ds, tc.seed, step, micro_step, rank, world_size, micro_batch, accum)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = device_batch(train_ds, tc.seed, step, micro_step, rank, world_size, micro_batch, accum, device)
         sync = not ddp or micro_step == accum - 1
         with parallel.grad_sync(model, sync), autocast:  # DDP's no_sync / FSDP2's set_requires_gradient_sync
             _, loss = model(x, y)

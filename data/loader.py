@@ -135,6 +135,7 @@ class TokenDataset:
                             f"{max(len(s) for s in self.shards)}), fewer than one block of seq_len + 1 = "
                             f"{seq_len + 1}; use a shorter sequence length or more data")
         self._perms = {}  # (seed, epoch) -> permutation: the current and the previous epoch only
+        self._prefetched = {}  # device_batch: the next micro-batch, already on its way to the device
 
     def window(self, i: int) -> np.ndarray:
         """Window i of the split: seq_len + 1 consecutive tokens of one shard."""
@@ -182,6 +183,31 @@ def train_batch(ds: TokenDataset, seed: int, step: int, micro_step: int, rank: i
         sel = g // n == epoch
         windows[sel] = ds.permutation(seed, int(epoch))[g[sel] % n]
     return ds.batch(windows)
+
+
+def device_batch(ds: TokenDataset, seed: int, step: int, micro_step: int, rank: int, world_size: int,
+                 micro_batch: int, accum: int, device, prefetch: bool | None = None) -> tuple:
+    """train_batch(...) on `device`. With prefetch (default: on CUDA) the batch was read into pinned memory and its
+    non_blocking copy started during the previous micro-step, and this call starts the next micro-batch's copy, so
+    the host-to-device transfer overlaps the forward/backward (as nanoGPT pins). The batch is always the one
+    train_batch gives for these arguments: a prefetched one is used only when every argument matches."""
+    device = torch.device(device)
+    prefetch = device.type == "cuda" if prefetch is None else prefetch
+    pin = device.type == "cuda"
+
+    def load(st, ms):
+        x, y = train_batch(ds, seed, st, ms, rank, world_size, micro_batch, accum)
+        if pin:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+
+    key = (seed, step, micro_step, rank, world_size, micro_batch, accum, str(device))
+    cached = ds._prefetched.pop(key, None) if prefetch else None
+    batch = cached if cached is not None else load(step, micro_step)
+    if prefetch:
+        nxt = (step, micro_step + 1) if micro_step + 1 < accum else (step + 1, 0)
+        ds._prefetched = {(seed, *nxt, rank, world_size, micro_batch, accum, str(device)): load(*nxt)}
+    return batch
 
 
 def val_batches(ds: TokenDataset, val_tokens: int, micro_batch: int, rank: int, world_size: int) -> list:

@@ -51,3 +51,27 @@ def test_a_recorded_shard_is_not_scanned_and_a_changed_one_is(prepared, monkeypa
         TokenDataset(prepared, "train", 16, 50304)
     assert scans  # scanned, since its size no longer matches the record
 
+
+
+def test_prefetched_batches_are_the_batches(prepared, monkeypatch):
+    """device_batch with prefetch (on CUDA by default; forced here on the CPU) gives exactly train_batch's batches, in
+    order, from any starting step (a resume), across micro-steps and step boundaries."""
+    import torch
+
+    from data.loader import device_batch, train_batch
+
+    ds = TokenDataset(prepared, "train", 16, 50304)
+    plain = [train_batch(ds, 3, s, m, 1, 2, 2, 3) for s in range(5, 9) for m in range(3)]
+    import data.loader as loader
+
+    reads = []
+    real = loader.train_batch
+    monkeypatch.setattr(loader, "train_batch", lambda *a: (reads.append(a[2:4]), real(*a))[1])
+    got = [device_batch(ds, 3, s, m, 1, 2, 2, 3, "cpu", prefetch=True) for s in range(5, 9) for m in range(3)]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(plain, got))
+    # each micro-batch was read once, one ahead of its use (the first call also reads its own)
+    assert reads == [(5, 0)] + [(s, m) for s in range(5, 10) for m in range(3)][1:13]
+    # a different position than the prefetched one (e.g. after an evaluation changed nothing, or a rerun) still
+    # gets its own batch
+    x, _ = device_batch(ds, 3, 2, 1, 1, 2, 2, 3, "cpu", prefetch=True)
+    assert torch.equal(x, train_batch(ds, 3, 2, 1, 1, 2, 2, 3)[0])
