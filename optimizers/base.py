@@ -55,6 +55,7 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, defaults):
         self._last_flops = {"matmul": 0, "elementwise": 0}
+        self._temporaries: dict[tuple, torch.Tensor] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -135,6 +136,19 @@ class HybridOptimizer(torch.optim.Optimizer):
             if params:
                 yield (group, params, grads, *bufs)
 
+    def _scratch(self, like: torch.Tensor, k: int = 0) -> torch.Tensor:
+        """A temporary of `like`'s shape, dtype and device, reused from step to step (the k-th of its kind; not
+        optimizer state: no checkpoint holds it). Its contents are whatever the last user left. A non-contiguous
+        `like` gets a new tensor of its own layout (torch.empty_like), so that reductions over the temporary run in
+        the order they would over a result computed from `like`."""
+        if not like.is_contiguous():
+            return torch.empty_like(like)
+        key = (k, like.dtype, like.device)
+        buf = self._temporaries.get(key)
+        if buf is None or buf.numel() < like.numel():
+            buf = self._temporaries[key] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+        return buf[:like.numel()].view(like.shape)
+
     def _orthogonalize(self, ns_inputs: list[tuple[dict, torch.Tensor]]) -> list[torch.Tensor]:
         """NS of each (group, tensor) in `ns_inputs` as a matrix (matrix_view), with that group's ns_steps,
         ns_coefficients and ns_dtype: batched by shape and split across ranks (newton_schulz.orthogonalize)."""
@@ -164,6 +178,46 @@ class HybridOptimizer(torch.optim.Optimizer):
             if wd != 0:
                 torch._foreach_mul_(ps, 1.0 - lr * wd)
             torch._foreach_add_(ps, os, alpha=-lr * s)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# one pass over memory on CPU
+
+# Elements per batch of in_chunks() on CPU: slices of p, g, m and one temporary of 2^20 fp32 entries are 16 MiB, so
+# the passes of an elementwise update after the first read the slice from cache, not main memory. Smaller batches
+# cache as well but mean more kernel calls, each a parallel region (which costs most on an oversubscribed CPU);
+# at 124M this is ~160 slices per step (benchmarks/RESULTS.md, issue 17).
+CPU_CHUNK = 1 << 20
+
+
+def in_chunks(*lists, chunk: int | None = None):
+    """Split aligned lists of tensors (params, grads, buffers: same shapes) into batches for an elementwise update.
+
+    Yields tuples of lists, one list per input. On CPU every batch holds at most `chunk` elements per list: a tensor
+    larger than that is cut into contiguous slices (views), smaller ones are grouped, so a foreach update applied
+    batch by batch makes one pass over main memory. Elementwise kernels give every entry the same result whichever
+    slice it is in, so the update is bit for bit the one on whole tensors. Elsewhere (CUDA) one batch = the lists."""
+    if not lists[0] or lists[0][0].device.type != "cpu":
+        yield lists
+        return
+    chunk = chunk or CPU_CHUNK
+    batch: list[list[torch.Tensor]] = [[] for _ in lists]
+    size = 0
+    for ts in zip(*lists):
+        n = ts[0].numel()
+        if n > chunk and all(t.is_contiguous() for t in ts):
+            flat = [t.view(-1) for t in ts]
+            for start in range(0, n, chunk):
+                yield tuple([f[start:start + chunk]] for f in flat)
+            continue
+        if size and size + n > chunk:
+            yield tuple(batch)
+            batch, size = [[] for _ in lists], 0
+        for b, t in zip(batch, ts):
+            b.append(t)
+        size += n
+    if size:
+        yield tuple(batch)
 
 
 # -------------------------------------------------------------------------------------------------------------

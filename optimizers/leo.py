@@ -10,7 +10,8 @@ Update, per parameter (u is Lion's direction from the OLD momentum):
     other:  U = align_const·sign(u)                          (sign(0) = 0)
     p ← p·(1 − lr·wd);   p ← p − lr·U
 
-No matmuls; the 2-D normalisation is done per matrix. Routing (the repo's setup_leo_optimizer): Leo for 2-D params
+No matmuls; the 2-D normalisation is done per matrix, in two temporaries reused from step to step (no allocation;
+each matrix's passes run while it is in cache). Routing (the repo's setup_leo_optimizer): Leo for 2-D params
 except the token embedding (tied to the head) and norms; the rest to AdamW(lr = 0.1·leo_lr, wd 0.1).
 State: one buffer `exp_avg` per parameter.
 """
@@ -50,17 +51,22 @@ class Leo(HybridOptimizer):
         for group, params, grads, exp_avgs in self._groups_with_grads(groups, "exp_avg"):
             lr, wd, eps, align = group["lr"], group["weight_decay"], group["eps"], group["align_const"]
             beta1, beta2 = group["betas"]
-            directions = torch._foreach_lerp(grads, exp_avgs, beta1)
-            torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta2)
-            for u in directions:
-                if u.ndim == 2:
-                    rows = torch.linalg.vector_norm(u, dim=1, keepdim=True)
-                    cols = torch.linalg.vector_norm(u, dim=0, keepdim=True)
-                    U = u / (rows + eps) + u / (cols + eps)
-                    rms = U.square().mean().add_(eps).sqrt_()
-                    u.copy_(U.mul_(align / (rms + eps)))  # reuse u's storage for the update
-                else:
-                    u.sign_().mul_(align)
-            if wd != 0:
-                torch._foreach_mul_(params, 1.0 - lr * wd)
-            torch._foreach_add_(params, directions, alpha=-lr)
+            for p, g, m in zip(params, grads, exp_avgs):  # one matrix at a time, in two reused temporaries
+                u = torch.lerp(g, m, beta1, out=self._scratch(g, 0))  # β1·m + (1−β1)·g, from the OLD m
+                m.lerp_(g, 1.0 - beta2)
+                U = leo_direction(u, self._scratch(u, 1), align, eps)
+                if wd != 0:
+                    p.mul_(1.0 - lr * wd)
+                p.add_(U, alpha=-lr)
+
+
+def leo_direction(u: torch.Tensor, scratch: torch.Tensor, align: float, eps: float) -> torch.Tensor:
+    """Leo's update U from Lion's direction u, computed in u's storage (scratch: a temporary of u's shape)."""
+    if u.ndim != 2:
+        return u.sign_().mul_(align)
+    rows = torch.linalg.vector_norm(u, dim=1, keepdim=True).add_(eps)
+    cols = torch.linalg.vector_norm(u, dim=0, keepdim=True).add_(eps)
+    by_rows = torch.div(u, rows, out=scratch)
+    U = u.div_(cols).add_(by_rows)  # u/(c + eps) + u/(r + eps)
+    rms = torch.mul(U, U, out=scratch).mean().add_(eps).sqrt_()
+    return U.mul_(align / (rms + eps))

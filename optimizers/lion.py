@@ -9,14 +9,16 @@ docs/optimizers.md §3):
 
 `lion_update` computes these in the reference codes' multiply-add order (`m·β1 + g·(1−β1)`,
 `m.mul_(β2).add_(g, alpha=1−β2)`), so it equals lucidrains/lion-pytorch bit for bit in fp32; it uses
-torch._foreach_* ops, one kernel per operation over all tensors of a group. State: one buffer `exp_avg` per
-parameter (half of AdamW's). With a routing rule (e.g. routing = "lionmuon"), embeddings and norms go to a backup
-AdamW: the LionMuon paper's "Lion" runs, without their single Muon step at t = 0 (docs/optimizers.md §3).
+torch._foreach_* ops, one kernel per operation over all tensors of a group on CUDA, and over cache-sized slices on
+CPU (base.in_chunks: the seven passes read main memory once; the result is the same bit for bit). State: one
+buffer `exp_avg` per parameter (half of AdamW's). With a routing rule (e.g. routing = "lionmuon"), embeddings and
+norms go to a backup AdamW: the LionMuon paper's "Lion" runs, without their single Muon step at t = 0
+(docs/optimizers.md §3).
 """
 
 import torch
 
-from .base import HybridOptimizer, check_betas, check_number
+from .base import HybridOptimizer, check_betas, check_number, in_chunks
 
 
 class Lion(HybridOptimizer):
@@ -40,7 +42,8 @@ class Lion(HybridOptimizer):
 
     def _step(self, groups):
         for group, params, grads, exp_avgs in self._groups_with_grads(groups, "exp_avg"):
-            lion_update(params, grads, exp_avgs, group["lr"], group["weight_decay"], *group["betas"])
+            for ps, gs, ms in in_chunks(params, grads, exp_avgs):
+                lion_update(ps, gs, ms, group["lr"], group["weight_decay"], *group["betas"])
 
 
 def lion_update(params, grads, exp_avgs, lr, wd, beta1, beta2):

@@ -15,7 +15,8 @@ Update, per 2-D parameter W (m×n), step t counting from 0 (the first step is a 
   the raw sign. NS: KellerJordan quintic, 5 steps (every experiment; the code default is 6), bf16 on CUDA.
 - The Lion steps compute Ĝ and M with lerp (`g.lerp(M, β1)`, `M.lerp_(g, 1−β2)`), the form the committed CPU
   results were produced with; the reference code (and optimizers/lion.py) multiply and add. The two are equal in
-  exact arithmetic and differ in fp32 rounding only.
+  exact arithmetic and differ in fp32 rounding only. On CPU a Lion step runs on cache-sized slices (base.in_chunks:
+  one pass over main memory, the same result bit for bit).
 - P is an integer ≥ 1 or inf. P = inf takes no Muon step, which is Algorithm 1's Lion; the paper's "Lion" and
   "Signum" runs used P = 1e7 and so took ONE Muon step at t = 0 (at the warm-up lr): `first_step_muon=True`
   reproduces that quirk. Finite P always starts with a Muon step.
@@ -37,7 +38,7 @@ import math
 
 import torch
 
-from .base import HybridOptimizer, check_betas, check_number
+from .base import HybridOptimizer, check_betas, check_number, in_chunks
 from .newton_schulz import check_ns_args, rms_match_scale
 
 
@@ -53,6 +54,13 @@ def is_muon_step(step: int, period: float, first_step_muon: bool) -> bool:
     if math.isinf(period):
         return first_step_muon and step == 0
     return step % int(period) == 0
+
+
+def dual_ema(grads, bufs, beta1: float, beta2: float):
+    """Ĝ = β1·M + (1−β1)·g from the OLD buffer (returned), then M ← β2·M + (1−β2)·g in place (lists of tensors)."""
+    directions = torch._foreach_lerp(grads, bufs, beta1)
+    torch._foreach_lerp_(bufs, grads, 1.0 - beta2)
+    return directions
 
 
 class LionMuon(HybridOptimizer):
@@ -100,18 +108,18 @@ class LionMuon(HybridOptimizer):
         for group in groups:  # the step counter advances in every group, with gradients or not
             group["step"] += 1
         for group, ps, grads, bufs in self._groups_with_grads(groups, "exp_avg"):
-            beta1, beta2 = group["betas"]
-            directions = torch._foreach_lerp(grads, bufs, beta1)  # Ĝ = β1·M + (1−β1)·g, from the OLD buffer
-            torch._foreach_lerp_(bufs, grads, 1.0 - beta2)  # M ← β2·M + (1−β2)·g
+            betas = group["betas"]
             if is_muon_step(group["step"] - 1, group["period"], group["first_step_muon"]):
-                ns_inputs += [(group, d) for d in directions]
+                ns_inputs += [(group, d) for d in dual_ema(grads, bufs, *betas)]
                 muon_params += ps
-            else:  # Lion step: W ← W·(1 − ηL·wd) − ηL·sign(Ĝ)
-                lr = group["lr"] * group["lion_lr_ratio"]
-                if group["weight_decay"] != 0:
-                    torch._foreach_mul_(ps, 1.0 - lr * group["weight_decay"])
+                continue
+            lr, wd = group["lr"] * group["lion_lr_ratio"], group["weight_decay"]
+            for ps_, gs, ms in in_chunks(ps, grads, bufs):  # Lion step: W ← W·(1 − ηL·wd) − ηL·sign(Ĝ)
+                directions = dual_ema(gs, ms, *betas)
+                if wd != 0:
+                    torch._foreach_mul_(ps_, 1.0 - lr * wd)
                 torch._foreach_sign_(directions)
-                torch._foreach_add_(ps, directions, alpha=-lr)
+                torch._foreach_add_(ps_, directions, alpha=-lr)
         outs = self._orthogonalize(ns_inputs)
         self._apply_matrix_updates([g for g, _ in ns_inputs], muon_params, outs,
                                    lambda g, rows, cols: rms_match_scale(rows, cols))

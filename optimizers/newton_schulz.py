@@ -124,6 +124,8 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, coefficients: str = "kellerjo
     """Orthogonalise G (…, m, n) by `steps` Newton–Schulz iterations; returns a new tensor in `dtype` (default G's).
 
     Leading dimensions are a batch: every matrix is normalised by its own Frobenius norm and iterated independently.
+    The iteration writes into three buffers allocated once (A, B and the next X; the previous X is reused), as
+    pytorch-optimizer's zero_power_via_newton_schulz_5 does: the same matmuls as fresh tensors, bit for bit.
     """
     assert G.ndim >= 2, "newton_schulz needs a matrix or a batch of matrices"
     schedule, scale = coefficient_schedule(coefficients, steps)
@@ -132,18 +134,19 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, coefficients: str = "kellerjo
     if transposed:  # iterate on the wide orientation: the Gram matrix X Xᵀ is then r×r, r = min(m, n)
         X = X.mT
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * scale + eps)  # ‖X‖₂ ≤ ‖X‖_F, so singular values start in [0, 1]
-    if X.ndim == 2:
-        for a, b, c in schedule:
-            A = X @ X.mT
-            B = torch.addmm(A, A, A, beta=b, alpha=c)  # b·A + c·A·A
-            X = torch.addmm(X, B, X, beta=a)  # a·X + B·X
-    else:
-        X = X.reshape(-1, X.size(-2), X.size(-1)) if X.ndim > 3 else X
-        for a, b, c in schedule:
-            A = torch.bmm(X, X.mT)
-            B = torch.baddbmm(A, A, A, beta=b, alpha=c)
-            X = torch.baddbmm(X, B, X, beta=a)
-        X = X.reshape(*G.shape[:-2], X.size(-2), X.size(-1))
+    if X.ndim > 3:
+        X = X.reshape(-1, X.size(-2), X.size(-1))
+    mm, addmm = (torch.mm, torch.addmm) if X.ndim == 2 else (torch.bmm, torch.baddbmm)
+    A = X.new_empty((*X.shape[:-1], X.size(-2)))
+    B = torch.empty_like(A)
+    Y = X.new_empty(X.shape)
+    for a, b, c in schedule:
+        mm(X, X.mT, out=A)  # A = X Xᵀ
+        addmm(A, A, A, beta=b, alpha=c, out=B)  # B = b·A + c·A·A
+        addmm(X, B, X, beta=a, out=Y)  # X ← a·X + B·X
+        # the old X is the next output, unless it is a transposed view (of a tall input): outputs stay contiguous
+        X, Y = Y, (X if X.is_contiguous() else torch.empty_like(Y))
+    X = X.reshape(*G.shape[:-2], *X.shape[-2:]) if G.ndim > 3 else X
     return X.mT if transposed else X
 
 

@@ -14,7 +14,7 @@ first_step_muon = true reproduces the runs; this class takes no Muon step. State
 
 import torch
 
-from .base import HybridOptimizer, check_number
+from .base import HybridOptimizer, check_number, in_chunks
 
 
 class Signum(HybridOptimizer):
@@ -37,7 +37,8 @@ class Signum(HybridOptimizer):
     def _step(self, groups):
         for group, params, grads, exp_avgs in self._groups_with_grads(groups, "exp_avg"):
             lr, wd = group["lr"], group["weight_decay"]
-            torch._foreach_lerp_(exp_avgs, grads, 1.0 - group["momentum"])
-            if wd != 0:
-                torch._foreach_mul_(params, 1.0 - lr * wd)
-            torch._foreach_add_(params, torch._foreach_sign(exp_avgs), alpha=-lr)
+            for ps, gs, ms in in_chunks(params, grads, exp_avgs):  # cache-sized slices on CPU (base.in_chunks)
+                torch._foreach_lerp_(ms, gs, 1.0 - group["momentum"])
+                if wd != 0:
+                    torch._foreach_mul_(ps, 1.0 - lr * wd)
+                torch._foreach_add_(ps, torch._foreach_sign(ms), alpha=-lr)

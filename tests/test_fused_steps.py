@@ -1,0 +1,233 @@
+"""Issue 17, the CPU fast paths: each new step is the old one bit for bit in fp32.
+
+Lion, Signum, Leo and LionMuon/SignMuon's Lion steps now run on cache-sized slices (base.in_chunks) or in reused
+temporaries (Leo), and Newton–Schulz writes into reused buffers. The old code of each (optimizers/*.py before the
+change) is copied below verbatim as the reference: every test runs several steps (varying lr, wd > 0, gradients with
+exact zeros, tensors larger than a chunk with ragged tails, small ones grouped, a non-contiguous gradient) and asserts
+torch.equal on parameters and state after every step.
+"""
+
+import math
+
+import pytest
+import torch
+
+import optimizers.base as base
+from optimizers import Leo, Lion, LionMuon, SignMuon, Signum
+from optimizers.base import in_chunks
+from optimizers.newton_schulz import POLAR_EXPRESS, newton_schulz, orthogonalize
+
+LRS = [1e-2, 5e-3, 2.5e-3, 8e-3, 1.3e-2, 7e-3]  # one lr per step (a schedule)
+# (1031, 1019) = 1,050,589 elements: larger than CPU_CHUNK (2^20), with a tail that is no multiple of the vector width
+SHAPES = [(1031, 1019), (64, 48), (48, 64), (37,), (5, 3, 7), (40, 40)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the old code, verbatim
+
+
+def old_lion(params, grads, exp_avgs, lr, wd, beta1, beta2):  # optimizers/lion.py lion_update
+    if wd != 0:
+        torch._foreach_mul_(params, 1.0 - lr * wd)
+    update = torch._foreach_mul(exp_avgs, beta1)
+    torch._foreach_add_(update, grads, alpha=1.0 - beta1)  # β1·m + (1−β1)·g
+    torch._foreach_sign_(update)
+    torch._foreach_add_(params, update, alpha=-lr)
+    torch._foreach_mul_(exp_avgs, beta2)
+    torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta2)  # β2·m + (1−β2)·g
+
+
+def old_signum(params, grads, exp_avgs, lr, wd, momentum):  # optimizers/signum.py Signum._step
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - momentum)
+    if wd != 0:
+        torch._foreach_mul_(params, 1.0 - lr * wd)
+    torch._foreach_add_(params, torch._foreach_sign(exp_avgs), alpha=-lr)
+
+
+def old_lionmuon_lion_step(ps, grads, bufs, lr, wd, beta1, beta2):  # optimizers/lionmuon.py, a Lion step
+    directions = torch._foreach_lerp(grads, bufs, beta1)
+    torch._foreach_lerp_(bufs, grads, 1.0 - beta2)
+    if wd != 0:
+        torch._foreach_mul_(ps, 1.0 - lr * wd)
+    torch._foreach_sign_(directions)
+    torch._foreach_add_(ps, directions, alpha=-lr)
+
+
+def old_leo(params, grads, exp_avgs, lr, wd, beta1, beta2, align, eps):  # optimizers/leo.py Leo._step
+    directions = torch._foreach_lerp(grads, exp_avgs, beta1)
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta2)
+    for u in directions:
+        if u.ndim == 2:
+            rows = torch.linalg.vector_norm(u, dim=1, keepdim=True)
+            cols = torch.linalg.vector_norm(u, dim=0, keepdim=True)
+            U = u / (rows + eps) + u / (cols + eps)
+            rms = U.square().mean().add_(eps).sqrt_()
+            u.copy_(U.mul_(align / (rms + eps)))
+        else:
+            u.sign_().mul_(align)
+    if wd != 0:
+        torch._foreach_mul_(params, 1.0 - lr * wd)
+    torch._foreach_add_(params, directions, alpha=-lr)
+
+
+def old_newton_schulz(G, steps=5, coefficients="kellerjordan", eps=1e-7, dtype=None):  # optimizers/newton_schulz.py
+    schedule = [(3.4445, -4.7750, 2.0315)] * steps if coefficients == "kellerjordan" else \
+        [POLAR_EXPRESS[min(i, len(POLAR_EXPRESS) - 1)] for i in range(steps)]
+    scale = 1.0 if coefficients == "kellerjordan" else 1.01
+    X = G.to(dtype) if dtype is not None else G
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * scale + eps)
+    if X.ndim == 2:
+        for a, b, c in schedule:
+            A = X @ X.mT
+            B = torch.addmm(A, A, A, beta=b, alpha=c)
+            X = torch.addmm(X, B, X, beta=a)
+    else:
+        X = X.reshape(-1, X.size(-2), X.size(-1)) if X.ndim > 3 else X
+        for a, b, c in schedule:
+            A = torch.bmm(X, X.mT)
+            B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+            X = torch.baddbmm(X, B, X, beta=a)
+        X = X.reshape(*G.shape[:-2], X.size(-2), X.size(-1))
+    return X.mT if transposed else X
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# harness
+
+
+def make(shapes=SHAPES, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=g) * 0.1) for s in shapes]
+
+
+def grads(params, t):
+    g = torch.Generator().manual_seed(100 + t)
+    out = []
+    for p in params:
+        gr = torch.randn(p.shape, generator=g) * 1e-2
+        gr.view(-1)[::5] = 0.0  # exact zeros: sign(β1·m + (1−β1)·0) and sign(0) both occur
+        if p.ndim == 2 and p.size(0) == p.size(1):
+            gr = gr.mT  # a non-contiguous gradient (in_chunks keeps it whole)
+        out.append(gr)
+    return out
+
+
+def compare(opt, params, old_step, steps=len(LRS), cancel=None):
+    """Run `opt` and `old_step(params, grads, buffers, lr)` on copies side by side; equal bit for bit every step.
+
+    cancel=β: from step 1 on, every third gradient entry is −β/(1−β)·m, so that β·m + (1−β)·g is 0 up to rounding
+    there and its sign is decided by the rounding: a rewrite of the update that rounds differently (the lerp form of
+    Lion's interpolation, say) flips signs at once instead of once in millions of entries."""
+    ref = [p.detach().clone() for p in params]
+    bufs = [torch.zeros_like(p) for p in params]
+    for t in range(steps):
+        lr = LRS[t % len(LRS)]
+        for group in opt.param_groups:
+            group["lr"] = lr
+        gs = grads(params, t)
+        if cancel is not None and t > 0:
+            for gr, m in zip(gs, bufs):
+                flat = gr.reshape(-1).clone()  # in logical order (one gradient is a transposed view)
+                flat[1::3] = (m * (-cancel / (1 - cancel))).reshape(-1)[1::3]
+                gr.copy_(flat.view(gr.shape))
+        for p, gr in zip(params, gs):
+            p.grad = gr.clone()
+        opt.step()
+        old_step(ref, gs, bufs, lr)
+        for p, q, m in zip(params, ref, bufs):
+            assert torch.equal(p.detach(), q), f"step {t}, {tuple(p.shape)}"
+            assert torch.equal(opt.state[p]["exp_avg"], m), f"step {t}, state of {tuple(p.shape)}"
+
+
+@pytest.fixture(params=["cpu_chunk", "tiny_chunk"])
+def chunk(request, monkeypatch):
+    """The real chunk size, and a 1000-element one (every tensor but the smallest sliced, many batch boundaries)."""
+    if request.param == "tiny_chunk":
+        monkeypatch.setattr(base, "CPU_CHUNK", 1000)
+    return request.param
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the optimizers
+
+
+def test_lion_bit_exact(chunk):
+    params = make()
+    opt = Lion(params, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.3)
+    compare(opt, params, lambda p, g, m, lr: old_lion(p, g, m, lr, 0.3, 0.9, 0.99), cancel=0.9)
+
+
+def test_signum_bit_exact(chunk):
+    params = make()
+    opt = Signum(params, lr=1e-2, momentum=0.8, weight_decay=0.3)
+    compare(opt, params, lambda p, g, m, lr: old_signum(p, g, m, lr, 0.3, 0.8), cancel=0.8)
+
+
+@pytest.mark.parametrize("cls,kwargs,betas", [
+    (LionMuon, dict(betas=(0.9, 0.99)), (0.9, 0.99)),
+    (SignMuon, dict(momentum=0.85), (0.85, 0.85)),
+])
+def test_lionmuon_lion_steps_bit_exact(chunk, cls, kwargs, betas):
+    params = make([s for s in SHAPES if len(s) >= 2])  # matrices only
+    opt = cls(params, lr=1e-2, lion_lr=2e-3, period=math.inf, weight_decay=0.2, **kwargs)
+    compare(opt, params, lambda p, g, m, lr: old_lionmuon_lion_step(p, g, m, lr * 0.2, 0.2, *betas), cancel=betas[0])
+
+
+def test_leo_bit_exact():
+    params = make()
+    opt = Leo(params, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.05, align_const=0.3)
+    compare(opt, params, lambda p, g, m, lr: old_leo(p, g, m, lr, 0.05, 0.9, 0.99, 0.3, 1e-8))
+
+
+def test_lion_bit_exact_over_more_steps():
+    # a longer run: momentum built up over 12 steps, parameters decayed 12 times
+    params = make([(1031, 1019), (37,)], seed=3)
+    opt = Lion(params, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    compare(opt, params, lambda p, g, m, lr: old_lion(p, g, m, lr, 0.1, 0.9, 0.99), steps=12, cancel=0.9)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Newton–Schulz with reused buffers
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(48, 96), (96, 48), (40, 40), (3, 24, 40), (3, 40, 24), (2, 2, 16, 8)])
+@pytest.mark.parametrize("coefficients", ["kellerjordan", "polar_express"])
+def test_newton_schulz_bit_exact(dtype, shape, coefficients):
+    G = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape))).to(dtype)
+    new, old = newton_schulz(G, 5, coefficients), old_newton_schulz(G, 5, coefficients)
+    assert new.shape == old.shape and new.dtype == old.dtype
+    assert torch.equal(new, old)
+    assert torch.equal(G, torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape))).to(dtype))  # G kept
+
+
+def test_orthogonalize_bit_exact():
+    # orthogonalize() stacks same-shape matrices (tall ones transposed) and runs one batched NS: the old batched NS
+    g = torch.Generator().manual_seed(9)
+    mats = [torch.randn(s, generator=g) for s in [(16, 40), (40, 16), (16, 40)]]
+    old = old_newton_schulz(torch.stack([mats[0], mats[1].mT, mats[2]]), 5, dtype=torch.float32)
+    new = orthogonalize(mats, 5, "kellerjordan", "float32")
+    assert all(torch.equal(n, o) for n, o in zip(new, [old[0], old[1].mT, old[2]]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# in_chunks
+
+
+def test_in_chunks_covers_every_element_once():
+    ts = [torch.zeros(s) for s in [(2500,), (10, 30), (999,), (1000,), (3,), (7, 300)]]
+    ts.append(torch.zeros(40, 50).mT)  # non-contiguous: kept whole
+    others = [torch.zeros_like(t) for t in ts]
+    seen = 0
+    for a, b in in_chunks(ts, others, chunk=1000):
+        assert len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))
+        assert sum(x.numel() for x in a) <= 1000 or (len(a) == 1 and not a[0].is_contiguous())
+        for x in a:
+            x.add_(1)
+            seen += x.numel()
+    assert seen == sum(t.numel() for t in ts)
+    assert all(torch.equal(t, torch.ones_like(t)) for t in ts)
+    assert list(in_chunks([], [])) == [([], [])]
