@@ -8,6 +8,10 @@ Sources:
   openwebtext   Skylion007/openwebtext (nanoGPT's corpus)
   slimpajama    cerebras/SlimPajama-627B (stream it with --max-tokens)
   wikitext103   Salesforce/wikitext, config wikitext-103-raw-v1, with its own train/validation splits
+  fineweb10b-gpt2  modded-nanogpt's pre-tokenized FineWeb-10B shards (kjj0/fineweb10B-gpt2, what its
+                data/cached_fineweb10B.py fetches; the data of Track 3, configs/track3_124m.toml): downloaded, not
+                tokenized: fineweb_val_000000.bin and --shards N train shards of 100M tokens (default 20, Track 3's
+                quickstart: 2B tokens, 4000 steps of 524,288; the script's own default is all 103)
 
 What is written (the conventions of llm.c's `dev/data/fineweb.py` and modded-nanogpt's `data/fineweb.py`):
   - Every document is preceded by <|endoftext|> (50256), so documents are separated by it and a model sees a
@@ -69,7 +73,8 @@ HUB_SOURCES = {
     "wikitext103": HubSource("Salesforce/wikitext", "wikitext-103-raw-v1", {"train": "train", "val": "validation"}),
 }
 LOCAL_SOURCES = ("shakespeare", "text")
-SOURCES = LOCAL_SOURCES + tuple(HUB_SOURCES)
+DOWNLOAD_SOURCES = ("fineweb10b-gpt2",)  # pre-tokenized shards, fetched file by file (download_shards)
+SOURCES = LOCAL_SOURCES + tuple(HUB_SOURCES) + DOWNLOAD_SOURCES
 DEFAULT_VAL_FRACTION = {"shakespeare": 0.1, "text": 0.1}  # hub sources: HUB_VAL_FRACTION
 HUB_VAL_FRACTION = 0.001  # fineweb sample-10BT: ~10M val tokens, enough for a 10M-token validation set
 DEFAULT_SHARD_TOKENS = 10**8  # llm.c and modded-nanogpt use 1e8 tokens per shard (200 MB)
@@ -499,13 +504,190 @@ def _install(staging: str, out: str) -> None:
         os.replace(os.path.join(staging, name), os.path.join(out, name))
 
 
+# ----------------------------------------------------------------------------- pre-tokenized shards
+
+FINEWEB10B_REPO = "kjj0/fineweb10B-gpt2"  # modded-nanogpt data/cached_fineweb10B.py: hf_hub_download(repo_id=...)
+FINEWEB10B_TRAIN_SHARDS = 103  # cached_fineweb10B.py: num_chunks = 103 (full fineweb10B, 100M tokens per chunk)
+FINEWEB10B_DEFAULT_SHARDS = 20  # Track 3's quickstart: `python data/cached_fineweb10B.py 20` (2B tokens)
+
+
+def fineweb10b_files(shards: int) -> list[str]:
+    """The files cached_fineweb10B.py fetches for `shards` train chunks: the val shard, then train 1..shards."""
+    return ["fineweb_val_%06d.bin" % 0] + ["fineweb_train_%06d.bin" % i for i in range(1, shards + 1)]
+
+
+def _complete_shard(path: str, size: int | None) -> bool:
+    """`path` is a whole llm.c shard: its header's token count matches its size (data/shards.py), and its size is
+    the Hub's when that is known."""
+    from data.shards import shard_layout
+
+    if not os.path.isfile(path) or (size is not None and os.path.getsize(path) != size):
+        return False
+    try:
+        shard_layout(path, "llmc")
+    except DataError:
+        return False
+    return True
+
+
+def _download_unreachable(repo: str, out: str, cause) -> DataError:
+    return DataError(f"cannot reach the Hugging Face Hub to download {repo} ({cause}). Without network, copy its "
+                     f"files (fineweb_val_000000.bin, fineweb_train_000001.bin, ...; fetched where there is network "
+                     f"with `hf download {repo} --repo-type dataset --local-dir DIR`) into {out} and rerun: whole "
+                     f"files are kept, only missing or truncated ones are downloaded")
+
+
+def hub_file_info(repo: str, out: str) -> dict:
+    """{file name: (size in bytes or None, sha256 or None)} of the Hub dataset `repo`, in one bounded request."""
+    if _offline_mode():
+        raise _download_unreachable(repo, out, "HF_HUB_OFFLINE is set")
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise DataError("the fineweb10b-gpt2 source needs huggingface_hub; `pip install huggingface_hub` (it comes "
+                        "with datasets)") from None
+    try:
+        info = HfApi().dataset_info(repo, files_metadata=True, timeout=HUB_TIMEOUT)
+    except Exception as e:
+        if _is_connection_error(e):
+            raise _download_unreachable(repo, out, f"{type(e).__name__}: {e}") from None
+        raise DataError(f"the Hugging Face Hub refused {repo} ({type(e).__name__}: {e})") from None
+    files = {}
+    for f in info.siblings or ():
+        lfs = getattr(f, "lfs", None)
+        sha = (lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)) if lfs else None
+        files[f.rfilename] = (getattr(f, "size", None), sha)
+    return files
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_shards(source: str, out: str, shards: int | None = None, progress: bool = True) -> dict:
+    """Fetch a pre-tokenized source into `out` (resumable: files that are already whole are kept, missing or
+    truncated ones downloaded again), check every file (size and sha256 as the Hub lists them, llm.c header),
+    write meta.json; returns it."""
+    from tqdm import tqdm
+
+    from data.shards import shard_layout
+
+    shards = FINEWEB10B_DEFAULT_SHARDS if shards is None else shards
+    if not 1 <= shards <= FINEWEB10B_TRAIN_SHARDS:
+        raise ConfigError(f"--shards {shards} is outside [1, {FINEWEB10B_TRAIN_SHARDS}] (100M train tokens each; "
+                          f"{FINEWEB10B_TRAIN_SHARDS} is all of FineWeb-10B)")
+    repo = FINEWEB10B_REPO
+    names = fineweb10b_files(shards)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DataError(f"--out {out} is a file, not a directory; choose a directory path")
+    strangers = sorted(n for n in (os.listdir(out) if os.path.isdir(out) else ())
+                       if n.endswith(".bin") and not re.fullmatch(r"fineweb_(train|val)_\d{6}\.bin", n))
+    if strangers:
+        raise DataError(f"{out} holds other shards ({strangers[0]}); they would join the splits, so choose an empty "
+                        f"--out for {source}")
+    missing = [n for n in names if not _complete_shard(os.path.join(out, n), None)]
+    hub = hub_file_info(repo, out) if missing else {}
+    for n in names:
+        if hub and n not in hub:
+            raise DataError(f"{repo} has no file {n}; lower --shards")
+        size = hub.get(n, (None, None))[0]
+        if n not in missing and size is not None and os.path.getsize(os.path.join(out, n)) != size:
+            missing.append(n)  # whole per its header, but not the Hub's file
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create {out} ({e.strerror or e}); choose a writable --out") from None
+    kept = len(names) - len(missing)
+    if progress and kept:
+        print(f"{out}: {kept} of {len(names)} files already complete, kept", file=sys.stderr)
+    if missing:
+        from huggingface_hub import hf_hub_download
+
+        for n in tqdm(missing, desc=f"{source} files", unit="file", disable=not progress, file=sys.stderr):
+            path = os.path.join(out, n)
+            if os.path.exists(path):
+                os.remove(path)  # truncated or foreign: fetch it whole again
+            try:
+                hf_hub_download(repo_id=repo, filename=n, repo_type="dataset", local_dir=out, force_download=True)
+            except Exception as e:
+                if _is_connection_error(e):
+                    raise _download_unreachable(repo, out, f"{type(e).__name__}: {e}") from None
+                raise
+            size, sha = hub.get(n, (None, None))
+            problem = None
+            if not os.path.isfile(path):
+                problem = "the download left no file"
+            elif size is not None and os.path.getsize(path) != size:
+                problem = f"it is {os.path.getsize(path)} bytes, the Hub lists {size}"
+            elif sha is not None and _sha256(path) != sha:
+                problem = f"its sha256 differs from the Hub's {sha}"
+            elif not _complete_shard(path, None):
+                problem = "it is not a whole llm.c shard (header and size disagree)"
+            if problem:
+                if os.path.exists(path):
+                    os.remove(path)
+                raise DataError(f"downloaded {n} from {repo}, but {problem}; rerun to fetch it again")
+    return _write_download_meta(source, out, repo, names, hub, shard_layout)
+
+
+def _write_download_meta(source, out, repo, names, hub, shard_layout) -> dict:
+    """meta.json for a downloaded source: files, token counts and shard_checks (a shard's size and largest id, so
+    train.py need not scan it; ids of shards that meta.json already recorded at their current size are reused)."""
+    meta_path = os.path.join(out, "meta.json")
+    try:
+        with open(meta_path) as f:
+            old_checks = json.load(f).get("shard_checks") or {}
+    except (OSError, ValueError, AttributeError):
+        old_checks = {}
+    checks, splits = {}, {s: dict(tokens=0, shards=[]) for s in ("train", "val")}
+    for n in names:
+        path = os.path.join(out, n)
+        offset, count = shard_layout(path, "llmc")
+        size = os.path.getsize(path)
+        old = old_checks.get(n) if isinstance(old_checks, dict) else None
+        if isinstance(old, dict) and old.get("bytes") == size and "max_token" in old:
+            max_id = int(old["max_token"])
+        else:
+            max_id = int(np.memmap(path, dtype=np.uint16, mode="r", offset=offset, shape=(count,)).max())
+        checks[n] = dict(bytes=size, max_token=max_id)
+        split = splits["val" if "_val_" in n else "train"]
+        split["tokens"] += count
+        split["shards"].append(n)
+    meta = dict(
+        source=source, inputs=f"Hugging Face dataset {repo} (modded-nanogpt data/cached_fineweb10B.py), downloaded",
+        split_rule="the repository's own files: fineweb_val_000000.bin is val, fineweb_train_*.bin train",
+        tokenizer=dict(name="gpt2 (tiktoken)", n_vocab=N_VOCAB, eot=EOT,
+                       encode="pre-tokenized by modded-nanogpt's data/fineweb.py (EOT before every document)"),
+        shard_format="llm.c: 256 x int32 header (magic 20240520, version 1, token count), then uint16 tokens",
+        hub_files={n: dict(zip(("bytes", "sha256"), hub[n])) for n in names if n in hub} or None,
+        splits=splits, shard_checks=checks)
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+    os.replace(meta_path + ".tmp", meta_path)
+    for s, info in splits.items():
+        print(f"{s}: {info['tokens']:,} tokens, {len(info['shards'])} shard(s)")
+    return meta
+
+
 def prepare(source: str, out: str, inputs=(), *, name: str | None = None, dataset: str | None = None,
             revision: str | None = None, val_fraction: float | None = None,
             shard_tokens: int = DEFAULT_SHARD_TOKENS, workers: int | None = None, max_tokens: int | None = None,
-            overwrite: bool = False, progress: bool = True) -> dict:
+            overwrite: bool = False, progress: bool = True, shards: int | None = None) -> dict:
     """Tokenize `source` into shards in `out` (see the module docstring); returns the meta.json dict."""
     if source not in SOURCES:
         raise ConfigError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    if shards is not None and source not in DOWNLOAD_SOURCES:
+        raise ConfigError(f"--shards is the number of files to download for {', '.join(DOWNLOAD_SOURCES)}; the "
+                          f"{source} source tokenizes text (use --max-tokens)")
+    if source in DOWNLOAD_SOURCES:
+        if inputs or name or dataset or revision or val_fraction is not None or max_tokens is not None:
+            raise ConfigError(f"{source} downloads finished shards: only --out and --shards apply")
+        return download_shards(source, out, shards, progress)
     if inputs and source != "text":
         raise ConfigError(f"input paths are only read by the text source, not {source}; drop {inputs[0]!r}")
     if (name or dataset or revision) and source not in HUB_SOURCES:
@@ -596,7 +778,7 @@ def default_workers() -> int:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.split("\n")[2:11]))
+                                epilog="\n".join(__doc__.split("\n")[2:14]))
     p.add_argument("source", choices=SOURCES)
     p.add_argument("inputs", nargs="*", help="text source only: .txt files or directories")
     p.add_argument("--out", help="output directory (default: data/<source>)")
@@ -613,12 +795,15 @@ def main(argv=None) -> None:
                         "parquet/json files (no network needed)")
     p.add_argument("--revision", default=None, help="hub dataset revision (branch, tag or commit)")
     p.add_argument("--overwrite", action="store_true", help="replace the shards of an existing output directory")
+    p.add_argument("--shards", type=int, default=None,
+                   help=f"fineweb10b-gpt2 only: train shards of 100M tokens to download (default "
+                        f"{FINEWEB10B_DEFAULT_SHARDS}; at most {FINEWEB10B_TRAIN_SHARDS}); whole files are kept")
     a = p.parse_args(argv)
     if a.workers is not None and a.workers < 1:
         raise ConfigError(f"--workers {a.workers} must be >= 1 (1 = tokenize in this process)")
     prepare(a.source, a.out or os.path.join("data", a.source), a.inputs, name=a.name, dataset=a.dataset,
             revision=a.revision, val_fraction=a.val_fraction, shard_tokens=a.shard_tokens, workers=a.workers,
-            max_tokens=a.max_tokens, overwrite=a.overwrite)
+            max_tokens=a.max_tokens, overwrite=a.overwrite, shards=a.shards)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ the routing keys below, which any optimizer accepts (they decide which parameter
   to_backup, to_matrix name substrings that override the rule
   adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay
                        the backup AdamW; defaults: the class's default_backup_adamw (lr may be a ratio of the lr)
+  adamw_lr_by_name     ["SUBSTRING=LR", ...]: backup parameters whose name contains SUBSTRING get that absolute lr
+                       (the first rule that matches wins; the others keep adamw_lr), each rule in a backup group of
+                       its own, scheduled like every group. E.g. modded-nanogpt Track 3's three AdamW lrs:
+                       adamw_lr = 0.015, adamw_lr_by_name = ["wte=0.7", "lm_head.weight=0.004"]. Every rule must
+                       match some backup parameter (ConfigError otherwise, as for to_backup).
 """
 
 import difflib
@@ -21,7 +26,24 @@ from . import OPTIMIZERS, optimizer_class
 from .routing import ROUTINGS, route
 
 ROUTING_KEYS = {"routing": str, "to_backup": list[str], "to_matrix": list[str], "adamw_lr": float,
-                "adamw_betas": tuple[float, float], "adamw_eps": float, "adamw_weight_decay": float}
+                "adamw_betas": tuple[float, float], "adamw_eps": float, "adamw_weight_decay": float,
+                "adamw_lr_by_name": list[str]}
+
+
+def parse_lr_rules(value, where: str = "optimizer") -> list[tuple[str, float]]:
+    """adamw_lr_by_name's ["SUBSTRING=LR", ...] as [(substring, lr)], checked (ConfigError, one line)."""
+    rules = []
+    for i, item in enumerate(value):
+        substring, eq, lr_text = str(item).rpartition("=")
+        try:
+            lr = float(lr_text) if eq and substring else None
+        except ValueError:
+            lr = None
+        if lr is None or not lr > 0 or lr == float("inf"):
+            raise ConfigError(f"{where}.adamw_lr_by_name[{i}] = {item!r} must look like \"NAME_SUBSTRING=LR\" with "
+                              f"a positive lr, e.g. \"wte=0.7\"")
+        rules.append((substring, lr))
+    return rules
 
 
 def constructor_arguments(cls) -> dict[str, tuple[object, object]]:
@@ -43,6 +65,8 @@ def recipe_arguments(method: str, settings: dict, where: str = "optimizer"):
             routing[key] = coerce(f"{where}.{key}", value, ROUTING_KEYS[key])
             if key in ("to_backup", "to_matrix") and not all(routing[key]):
                 raise ConfigError(f"{where}.{key} = {value!r} must be a list of non-empty name substrings")
+            if key == "adamw_lr_by_name":
+                parse_lr_rules(routing[key], where)
         elif key in args:
             kwargs[key] = coerce(f"{where}.{key}", value, args[key][0])
         else:
@@ -85,11 +109,29 @@ def build_optimizer(model, method: str, settings: dict, where: str = "optimizer"
             if "lr_ratio" in backup_args:  # the backup lr follows the optimizer's lr (OLion 1×, Leo 0.1×)
                 main_lr = kwargs.get("lr", constructor_arguments(cls)["lr"][1])
                 backup_args["lr"] = backup_args.pop("lr_ratio") * main_lr
-            backup_args.update({k[len("adamw_"):]: v for k, v in r.items() if k.startswith("adamw_")})
-            groups = [dict(params=matrix), dict(params=backup, backup_adamw=True, **backup_args)]
+            backup_args.update({k[len("adamw_"):]: v for k, v in r.items()
+                                if k.startswith("adamw_") and k != "adamw_lr_by_name"})
+            groups = [dict(params=matrix)] + backup_groups(backup, backup_args,
+                                                           parse_lr_rules(r.get("adamw_lr_by_name", ()), where))
         return cls([g for g in groups if g["params"]], **kwargs)
     except ValueError as e:
         raise ConfigError(f"{where}.{e}") from None
+
+
+def backup_groups(backup: list, args: dict, rules: list[tuple[str, float]]) -> list[dict]:
+    """The backup AdamW's param groups: the parameters no rule matches with `args`, then one group per rule of
+    adamw_lr_by_name (the first matching rule wins) with that lr. ValueError for a rule that matches nothing."""
+    rest, by_rule = [], [[] for _ in rules]
+    for name, p in backup:
+        hit = next((i for i, (substring, _) in enumerate(rules) if substring in name), None)
+        (rest if hit is None else by_rule[hit]).append((name, p))
+    for (substring, _), params in zip(rules, by_rule):
+        if not params:
+            names = ", ".join(n for n, _ in backup[:4]) + (", ..." if len(backup) > 4 else "")
+            raise ValueError(f"adamw_lr_by_name rule {substring + '=...'!r} matches no parameter of the backup AdamW "
+                             f"({names}); use a substring of one of their names")
+    return [dict(params=rest, backup_adamw=True, **args)] + [
+        dict(params=params, backup_adamw=True, **dict(args, lr=lr)) for (_, lr), params in zip(rules, by_rule)]
 
 
 def check_recipe(method: str, settings: dict, where: str = "optimizer") -> None:
@@ -105,6 +147,7 @@ def check_recipe(method: str, settings: dict, where: str = "optimizer") -> None:
             self.ln_f = torch.nn.Parameter(torch.zeros(2))
 
     recipe_arguments(method, settings, where)  # keys and types, overrides included
-    # The overrides name the real model's parameters, so whether they match anything is checked at build time.
-    build_optimizer(StandIn(), method, {k: v for k, v in settings.items() if k not in ("to_backup", "to_matrix")},
-                    where)
+    # The overrides (and adamw_lr_by_name) name the real model's parameters, so whether they match anything is
+    # checked at build time.
+    build_optimizer(StandIn(), method, {k: v for k, v in settings.items()
+                                        if k not in ("to_backup", "to_matrix", "adamw_lr_by_name")}, where)

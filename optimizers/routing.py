@@ -5,6 +5,10 @@ optimizer (`routing = "lionmuon"` for lion gives the LionMuon paper's "Lion with
 Names are the model's (docs/INTERFACES.md): transformer.wte.weight (tied to the lm_head), transformer.wpe.weight
 (gpt2), transformer.h.{i}.{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,mlp.w_gate,mlp.w_up,mlp.c_proj}.weight (.bias),
 transformer.ln_f.weight. Prefixes added by DDP (`module.`) and torch.compile (`_orig_mod.`) are stripped first.
+arch "track3" (model.py) uses its own names on the same scheme: transformer.wte, transformer.ln_e.gains,
+transformer.h.{i}.{ln_1,ln_2}.gains, .attn.{c_q,c_k,c_v,c_proj} and .mlp.{c_fc,c_proj} (.weight, .bias),
+transformer.ln_f.gains and an untied lm_head (.weight, .bias): "hidden" gives Muon exactly the track's block
+matrices; build.py's adamw_lr_by_name splits the backup into the track's three AdamW lrs.
 
 Rules (each reproduces its reference repo's rule on our parameter names):
   "none"      every parameter to the optimizer, no backup AdamW (adamw, lion, signum); build_optimizer then gives
