@@ -12,7 +12,8 @@ Update, per 2-D parameter W (m×n), step t counting from 0 (the first step is a 
   reference code's None means 0.01·ηM; give the value). Decay uses the step's own lr (ηM on Muon steps, ηL on
   Lion steps).
 - The 0.2·√max(m,n) factor of the Muon step is the code's and every run's (Algorithm 1 omits it); Lion steps use
-  the raw sign. NS: KellerJordan quintic, 5 steps (every experiment; the code default is 6), bf16 on CUDA.
+  the raw sign. NS: KellerJordan quintic, 5 steps (every experiment; the code default is 6), bf16 on CUDA (and,
+  with ns_dtype "auto", on CPUs with bf16 matrix units: newton_schulz.resolve_dtype).
 - The Lion steps compute Ĝ and M with lerp (`g.lerp(M, β1)`, `M.lerp_(g, 1−β2)`), the form the committed CPU
   results were produced with; the reference code (and optimizers/lion.py) multiply and add. The two are equal in
   exact arithmetic and differ in fp32 rounding only. On CPU a Lion step runs on cache-sized slices (base.in_chunks:

@@ -51,7 +51,8 @@ class Muon(HybridOptimizer):
         weight_decay: decoupled weight decay, with the unadjusted lr (0.0).
         ns_steps: Newton–Schulz iterations (5).
         ns_coefficients: "kellerjordan" (the quintic at every step) or "polar_express" (per-step coefficients).
-        ns_dtype: "auto" (bfloat16 on CUDA, the input's dtype elsewhere), "bfloat16", "float32" or "float64".
+        ns_dtype: "auto" (bfloat16 on CUDA and on CPUs with bf16 matrix units, AMX or AVX512-BF16; the input's dtype
+            elsewhere and for float64 inputs: newton_schulz.resolve_dtype), "bfloat16", "float32" or "float64".
         scaling: "original" (√max(1, rows/cols)) or "match_rms_adamw" (0.2·√max(rows, cols)).
     """
 

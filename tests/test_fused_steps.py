@@ -15,7 +15,7 @@ import torch
 import optimizers.base as base
 from optimizers import Leo, Lion, LionMuon, SignMuon, Signum
 from optimizers.base import in_chunks
-from optimizers.newton_schulz import POLAR_EXPRESS, newton_schulz, orthogonalize
+from optimizers.newton_schulz import POLAR_EXPRESS, newton_schulz, orthogonalize, resolve_dtype
 
 LRS = [1e-2, 5e-3, 2.5e-3, 8e-3, 1.3e-2, 7e-3]  # one lr per step (a schedule)
 # (1031, 1019) = 1,050,589 elements: larger than CPU_CHUNK (2^20), with a tail that is no multiple of the vector width
@@ -211,6 +211,16 @@ def test_orthogonalize_bit_exact():
     old = old_newton_schulz(torch.stack([mats[0], mats[1].mT, mats[2]]), 5, dtype=torch.float32)
     new = orthogonalize(mats, 5, "kellerjordan", "float32")
     assert all(torch.equal(n, o) for n, o in zip(new, [old[0], old[1].mT, old[2]]))
+
+
+def test_auto_dtype_rule(monkeypatch):
+    x32, x64 = torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.float64)
+    import optimizers.newton_schulz as ns
+    monkeypatch.setattr(ns, "cpu_has_bf16_matmul", lambda: True)
+    assert (resolve_dtype("auto", x32), resolve_dtype("auto", x64)) == (torch.bfloat16, torch.float64)
+    monkeypatch.setattr(ns, "cpu_has_bf16_matmul", lambda: False)
+    assert (resolve_dtype("auto", x32), resolve_dtype("auto", x64)) == (torch.float32, torch.float64)
+    assert resolve_dtype("float32", x32) == torch.float32 and resolve_dtype("bfloat16", x64) == torch.bfloat16
 
 
 # ---------------------------------------------------------------------------------------------------------------
