@@ -190,16 +190,27 @@ def fmt_time(s):
     return f"{s / 3600:.2f} h"
 
 
+# Evaluations beyond the val loss (evaluation.py): a column each when some run has them (its last eval's value).
+EXTRA_EVALS = (("val_bpb", "val bpb"), ("hellaswag_acc_norm", "hellaswag acc_norm"))
+
+
+def last_eval(run, key):
+    vals = [r[key] for r in run.evals if isinstance(r.get(key), (int, float))]
+    return vals[-1] if vals else math.nan
+
+
 def markdown_table(runs):
     """Markdown table of runs sorted by best val loss (runs without any eval last)."""
-    rows = ["| # | run | optimizer | best val loss | final val loss | total FLOPs | optimizer FLOPs | wall time |",
-            "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    extras = [(k, name) for k, name in EXTRA_EVALS if any(math.isfinite(last_eval(r, k)) for r in runs)]
+    rows = ["| # | run | optimizer | best val loss | final val loss | total FLOPs | optimizer FLOPs | wall time |" +
+            "".join(f" {name} |" for _, name in extras),
+            "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(extras)]
     for i, r in enumerate(sorted(runs, key=_sort_key), 1):
         share = r.optimizer_flops / r.total_flops if r.total_flops and math.isfinite(r.total_flops) else math.nan
         name = (r.label if r.finished else f"{r.label} (unfinished)").replace("|", "\\|")
         rows.append(f"| {i} | {name} | {r.optimizer} | {fmt_loss(r.best_val_loss)} | {fmt_loss(r.final_val_loss)} "
                     f"| {fmt_flops(r.total_flops)} | {'—' if not math.isfinite(share) else f'{share:.2%}'} "
-                    f"| {fmt_time(r.elapsed_s)} |")
+                    f"| {fmt_time(r.elapsed_s)} |" + "".join(f" {fmt_loss(last_eval(r, k))} |" for k, _ in extras))
     return "\n".join(rows) + "\n"
 
 

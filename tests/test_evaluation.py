@@ -162,3 +162,10 @@ def test_a_run_logs_bpb_and_hellaswag_and_eval_py_reproduces_them(text_data_dir,
     assert again["val_bpb"] == pytest.approx(summary["val_bpb"], abs=1e-6)
     assert again["hellaswag_acc_norm"] == summary["hellaswag_acc_norm"]
     assert json.load(open(out)) == again
+    import plot
+    import stats
+
+    table = plot.markdown_table(plot.load_runs([run]))
+    assert "val bpb" in table and "hellaswag acc_norm" in table and f"{summary['val_bpb']:.4f}" in table
+    report = stats.report(stats.load_groups([run], 3.28))
+    assert "hellaswag acc_norm" in report and "final val bpb" in report
