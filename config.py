@@ -47,7 +47,7 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 
 @dataclass
 class ModelSection:
-    arch: str = "gpt2"  # "gpt2" (LayerNorm, GELU, learned positions) | "llama" (RMSNorm, SwiGLU, RoPE)
+    arch: str = "gpt2"  # "gpt2" (LayerNorm, GELU, positions) | "llama" (RMSNorm, SwiGLU, RoPE) | "track3" (docs/)
     size: str = "tiny"  # a name from model.MODEL_SIZES
     n_layer: int = 0  # 0 = take it from `size`
     n_head: int = 0
@@ -148,7 +148,7 @@ class RunConfig:
 SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
 CHOICES = {
-    "model.arch": ("gpt2", "llama"),
+    "model.arch": ("gpt2", "llama", "track3"),
     "data.format": ("auto", "llmc", "nanogpt"),
     "schedule.kind": ("cosine", "wsd", "step", "constant"),
     "schedule.cooldown_shape": ("linear", "sqrt", "cosine"),

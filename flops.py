@@ -32,6 +32,10 @@ def n_params(cfg) -> dict:
     tied wte/lm_head counted once), so big models need not be built. tests/test_flops.py checks they agree."""
     L, d, V, T, h = cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.block_size, cfg.mlp_hidden
     wte = V * d
+    if cfg.arch == "track3":  # model.py's track3: untied head with bias, separate q/k/v, biases everywhere, gains
+        block = 2 * d + 4 * (d * d + d) + (h * d + h) + (d * h + d)  # ln_1, ln_2; c_q, c_k, c_v, c_proj; mlp
+        total = wte + 2 * d + L * block + V * d + V  # + ln_e, ln_f; lm_head weight and bias
+        return dict(total=total, non_embedding=total - wte, without_embeddings=total - wte - V * d, embeddings=wte)
     if cfg.arch == "gpt2":
         b = 1 if cfg.bias else 0
         norm = d * (1 + b)  # LayerNorm weight (+ bias)

@@ -121,7 +121,7 @@ def plan(cfg, mcfg, opts: PlanOptions, batch_layout) -> list[str]:
     lines = [
         f"model      {mcfg.arch}, {mcfg.n_layer} layers × {mcfg.n_head} heads × {mcfg.n_embd}, context "
         f"{mcfg.block_size}: {counts['total'] / 1e6:.1f}M parameters ({counts['non_embedding'] / 1e6:.1f}M "
-        f"without wpe, {counts['without_embeddings'] / 1e6:.1f}M without embeddings)",
+        f"in the FLOPs formula's N, {counts['without_embeddings'] / 1e6:.1f}M without embeddings)",
         f"tokens     {tc.max_steps:,} steps × {tc.batch_tokens:,} = {count(tokens)} tokens = "
         f"{tokens / counts['total']:.3g} tokens per parameter ({tokens / counts['total'] / 20:.3g}× Chinchilla's 20)",
         f"FLOPs      model {per_token:.3e} per token, optimizer {cfg.optimizer.name} {opt_flops:.3e} per step; "
