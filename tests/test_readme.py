@@ -38,11 +38,11 @@ def _rule(command: str) -> str:
         return "checked"
     if command.startswith("NNODES="):
         return "skip"
-    if re.match(r"bash run\.sh configs/gpt2_(124m|355m|720m)\.toml", command):
+    if re.match(r"bash run\.sh configs/(gpt2_(124m|355m|720m)|track3_124m)\.toml", command):
         return "gpu"
     if command.endswith("--plan") or " --plan " in command or "--plan." in command:
         return "run"  # the planner needs neither data nor a GPU
-    if re.match(r"python -m data\.prepare (fineweb|openwebtext|slimpajama|wikitext103)\b", command):
+    if re.match(r"python -m data\.prepare (fineweb|fineweb10b-gpt2|openwebtext|slimpajama|wikitext103)\b", command):
         return "offline"
     return "run"
 
