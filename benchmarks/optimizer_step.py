@@ -13,11 +13,26 @@ Rows marked "hidden" run on the hidden matrices only (the Muon comparison); "all
 hybrid (matrices + backup AdamW for embeddings and norms). Goals: adamw ≤ 1.0× torch AdamW, lion/signum ≤ 1.0×
 torch AdamW, muon(hidden) ≤ 1.0× torch Muon.
 It also times Newton–Schulz alone on the hidden matrices against its FLOP floor: NS FLOPs
-(newton_schulz.ns_matmul_flops) ÷ the matmul rate measured here (bf16 8192³ on CUDA; on CPU the NS dtype is
-fp32, so fp32 2048³).
+(newton_schulz.ns_matmul_flops) ÷ the matmul rate measured here at the dtype ns_dtype "auto" picks (bf16 8192³ on
+CUDA; on CPU bf16 2048³ where the CPU has bf16 matrix units, else fp32 2048³).
+
+On CPU the script runs under run.sh's allocator settings (MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736:
+it re-executes itself with them unless they are set); --default-malloc keeps glibc's defaults, so both can be
+reported.
+
+    python benchmarks/optimizer_step.py --device cpu --compare-libraries    # issue 17
+
+--compare-libraries times, per algorithm, our step against the library implementations of the same algorithm on
+the same parameter set (all parameters, no routing; Muon: the hidden matrices), in one process, alternating within
+each repeat, and prints each one's ratio to the fastest library: torch.optim (AdamW foreach and fused, Muon),
+lion-pytorch, pytorch-optimizer (AdamW, Lion foreach and per-parameter, SignSGD = Signum, Muon) and heavyball
+(AdamW, Muon; its eager path, compile_step=False). A library that is not installed is skipped with a note
+(pip install lion-pytorch pytorch-optimizer heavyball: benchmark-only dependencies).
 """
 
 import argparse
+import importlib
+import os
 import statistics
 import sys
 import time
@@ -31,8 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from model import GPT, model_config
 from optimizers import OPTIMIZERS, build_optimizer, optimizer_class
 from optimizers.build import constructor_arguments
-from optimizers.newton_schulz import ns_matmul_flops, orthogonalize
+from optimizers.newton_schulz import ns_matmul_flops, orthogonalize, resolve_dtype
 from optimizers.routing import route
+
+RUN_SH_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}  # run.sh's CPU settings
 
 
 class ParamSet:
@@ -100,9 +117,18 @@ def main():
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated subset of row names to run")
+    ap.add_argument("--compare-libraries", action="store_true",
+                    help="our steps against torch.optim, lion-pytorch, pytorch-optimizer and heavyball, per algorithm")
+    ap.add_argument("--default-malloc", action="store_true", help="on CPU, keep glibc's default allocator settings")
     args = ap.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    unset = any(os.environ.get(k) != v for k, v in RUN_SH_MALLOC.items())
+    if device.type == "cpu" and not args.default_malloc and unset:  # glibc reads them at start: run again with them
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **RUN_SH_MALLOC})
+    malloc = "default" if args.default_malloc else "run.sh (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_=64 GiB)"
+    if args.compare_libraries:
+        return compare_libraries(args, device, malloc)
     torch.manual_seed(0)
     named = make_params(args.size, device)
     n_all = sum(p.numel() for _, p in named)
@@ -112,7 +138,7 @@ def main():
     print(f"# optimizer step, gpt2 {args.size}: {n_all / 1e6:.1f}M params ({len(named)} tensors), hidden matrices "
           f"{n_hidden / 1e6:.1f}M ({len(hidden)}); device {device}"
           f"{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}; torch {torch.__version__}; "
-          f"median of {args.repeats} after {args.warmup} warm-up")
+          f"median of {args.repeats} after {args.warmup} warm-up; malloc {malloc if device.type == 'cpu' else '-'}")
     only = set(filter(None, args.only.split(",")))
     runners = []  # (name, optimizer, steps per repeat, parameter set)
 
@@ -155,7 +181,7 @@ def main():
 
     # Newton–Schulz alone on the hidden matrices vs its FLOP floor
     if not only or "ns" in only:
-        ns_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        ns_dtype = resolve_dtype("auto", hidden[0])  # the fastest adequate NS dtype on this device
         rate = matmul_rate(device, ns_dtype, 8192 if device.type == "cuda" else 2048)
         updates = [p.grad for p in hidden]
         flops = sum(ns_matmul_flops(p.size(0), p.size(1), 5) for p in hidden)
@@ -182,6 +208,89 @@ def main():
         r = rows["ns"]
         print(f"| NS5 batched | hidden | {r['time'] * 1e3:.2f} | | | floor {r['floor'] * 1e3:.2f} ms "
               f"| {r['time'] / r['floor']:.2f}x floor |")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --compare-libraries
+
+
+def library(name):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def library_rows(algorithm, params, hidden):
+    """(label, is ours, constructor) of every implementation of `algorithm`; same hyperparameters throughout."""
+    from optimizers import AdamW, Lion, Muon, Signum
+    lion_pt, po, hb = library("lion_pytorch"), library("pytorch_optimizer"), library("heavyball")
+    adamw = dict(lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    lion = dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1)
+    rows = {
+        "adamw": [("ours: optimizers.AdamW", True, lambda: AdamW(params, **adamw)),
+                  ("torch.optim.AdamW foreach", False, lambda: torch.optim.AdamW(params, **adamw, foreach=True)),
+                  ("torch.optim.AdamW fused", False, lambda: torch.optim.AdamW(params, **adamw, fused=True))]
+        + ([("pytorch-optimizer AdamW", False, lambda: po.AdamW(params, **adamw))] if po else [])
+        + ([("heavyball AdamW (eager)", False, lambda: hb.AdamW(params, **adamw, compile_step=False))] if hb else []),
+        "lion": [("ours: optimizers.Lion", True, lambda: Lion(params, **lion))]
+        + ([("lion-pytorch Lion", False, lambda: lion_pt.Lion(params, **lion))] if lion_pt else [])
+        + ([("pytorch-optimizer Lion foreach", False, lambda: po.Lion(params, **lion, foreach=True)),
+            ("pytorch-optimizer Lion per-param", False, lambda: po.Lion(params, **lion, foreach=False))] if po else []),
+        "signum": [("ours: optimizers.Signum", True, lambda: Signum(params, lr=1e-4, momentum=0.9, weight_decay=0.1))]
+        + ([("pytorch-optimizer SignSGD foreach", False,
+             lambda: po.SignSGD(params, lr=1e-4, momentum=0.9, weight_decay=0.1, foreach=True)),
+            ("pytorch-optimizer SignSGD per-param", False,
+             lambda: po.SignSGD(params, lr=1e-4, momentum=0.9, weight_decay=0.1, foreach=False))] if po else []),
+        "muon (hidden)": [("ours: optimizers.Muon", True, lambda: Muon(hidden)),
+                          ("torch.optim.Muon", False, lambda: torch.optim.Muon(hidden, lr=0.02, momentum=0.95))]
+        + ([("pytorch-optimizer Muon", False,
+             lambda: po.Muon([dict(params=hidden, use_muon=True)], lr=0.02, momentum=0.95))] if po else [])
+        + ([("heavyball Muon (eager)", False, lambda: hb.Muon(hidden, lr=0.02, compile_step=False))] if hb else []),
+    }
+    return rows[algorithm]
+
+
+def compare_libraries(args, device, malloc):
+    named = make_params(args.size, device)
+    params = [p for _, p in named]
+    grads = [p.grad for p in params]
+    hidden = [p for _, p in route(named, "hidden")[0]]
+    missing = [n for n in ("lion_pytorch", "pytorch_optimizer", "heavyball") if library(n) is None]
+    print(f"# --compare-libraries, gpt2 {args.size}, {sum(p.numel() for p in params) / 1e6:.1f}M params; device "
+          f"{device}; torch {torch.__version__}; {torch.get_num_threads()} threads; malloc {malloc}; NS dtype (auto) "
+          f"{str(resolve_dtype('auto', hidden[0]))[6:]}; median of {args.repeats} after {args.warmup} warm-up, "
+          f"alternating" + (f"; not installed, skipped: {', '.join(missing)}" if missing else ""), flush=True)
+    only = set(filter(None, args.only.split(",")))
+    print("\n| algorithm | implementation | step (ms) | vs best library |\n|---|---|---:|---:|")
+    for algorithm in ("adamw", "lion", "signum", "muon (hidden)"):
+        if only and algorithm not in only:
+            continue
+        runners = []
+        for label, ours, make in library_rows(algorithm, params, hidden):
+            try:
+                opt = make()
+
+                def step(opt=opt):  # heavyball consumes p.grad (sets it to None): every step gets the gradients
+                    for p, g in zip(params, grads):
+                        p.grad = g
+                    opt.step()
+
+                for _ in range(args.warmup):
+                    step()
+                runners.append((label, ours, step))
+            except Exception as e:  # a library that cannot run this set: say so, go on
+                print(f"| {algorithm} | {label} | skipped: {type(e).__name__}: {str(e)[:80]} | |", flush=True)
+        times = {label: [] for label, _, _ in runners}
+        for _ in range(args.repeats):
+            for label, _, step in runners:
+                times[label].append(time_fn(step, device, 1, 0))
+        med = {label: statistics.median(t) for label, t in times.items()}
+        best = min((med[label] for label, ours, _ in runners if not ours), default=None)
+        for label, ours, _ in runners:
+            ratio = f"**{med[label] / best:.2f}x**" if ours and best else (f"{med[label] / best:.2f}x" if best else "")
+            print(f"| {algorithm} | {label} | {med[label] * 1e3:.1f} | {ratio} |", flush=True)
+        runners.clear()  # free every state before the next algorithm
 
 
 if __name__ == "__main__":
