@@ -61,10 +61,16 @@ elif ! [[ "$NPROC" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 if [ "$NGPU" -eq 0 ]; then
-  # CPU training allocates and frees the large logits every step; glibc would mmap/munmap them each time (page
-  # faults). Keeping freed memory in the heap made tiny-model steps 1.5x faster on a 2-core CPU
-  # (benchmarks/RESULTS.md). Set these variables yourself to override.
+  # glibc malloc: keep freed memory in the heap rather than mapping and unmapping large blocks every step (page
+  # faults: 1.5x slower tiny-model steps on a 2-core CPU). Since model.py computes the loss a chunk of rows at a time
+  # (no full logits), this costs no memory: the default run peaks at ~0.65 GB RSS either way, against 2.7-4.6 GB
+  # with the full logits (benchmarks/RESULTS.md, "The default run"). Set these variables yourself to override.
   export MALLOC_MMAP_MAX_=${MALLOC_MMAP_MAX_:-0} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-68719476736}
+  # Threads: one per core (torch's default, or OMP_NUM_THREADS if set), but waiting threads sleep instead of
+  # spinning. On 2 shared cores, spinning OpenMP threads took the CPU the other processes needed: 2 threads were
+  # 2x slower than 1 for training steps and 3x for sampling; with passive waiting 2 threads matched 1 thread there
+  # and keep both cores when they are free. Set OMP_WAIT_POLICY (or OMP_NUM_THREADS=1) yourself to override.
+  export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 fi
 NNODES=${NNODES:-1}
 MAX_RESTARTS=${MAX_RESTARTS:-3}
