@@ -33,6 +33,21 @@ def command_with(*extra: str) -> str:
     return " ".join([os.environ.get("NANOPTIM_COMMAND", "python train.py"), *map(shlex.quote, [*args, *extra])])
 
 
+def stop_with_parent() -> None:
+    """A torchrun worker gets SIGTERM when its agent dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG), so it
+    checkpoints and stops (StopRequest) instead of training on in the background with nobody to report to."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the agent died before the prctl: stop now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def setup_distributed(device_choice: str):
     """(ddp, rank, local_rank, world_size, device). torchrun sets RANK/LOCAL_RANK/WORLD_SIZE."""
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -41,6 +56,7 @@ def setup_distributed(device_choice: str):
         raise ConfigError("train.device = 'cuda' but no CUDA GPU is visible; use --train.device=cpu or auto")
     if not ddp:
         return False, 0, 0, 1, torch.device("cuda" if use_cuda else "cpu")
+    stop_with_parent()
     rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     if use_cuda:
         torch.cuda.set_device(local_rank)

@@ -14,6 +14,7 @@ The model is deliberately tiny (2 layers, width 32, context 32, a 128-token byte
 so that a launch costs its Python start-up and little else. docs/reliability.md lists what each test proves.
 """
 
+import contextlib
 import hashlib
 import json
 import math
@@ -25,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -519,6 +521,29 @@ def test_killing_run_sh_stops_its_worker_and_is_not_restarted(byte_data, tmp_pat
     assert "restart" not in out and "stopped: SIGTERM after step" in err, (out[-1500:], err[-1500:])
     left = subprocess.run(["pgrep", "-f", run_dir], capture_output=True, text=True).stdout.split()
     assert not left, f"processes still running for {run_dir}: {left}"
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_torchrun_agent_stops_its_workers_at_a_checkpoint(byte_data, tmp_path):
+    """The agent (run.sh's `python launch.py`, i.e. torchrun) SIGKILLed, so it cannot stop its workers: each worker
+    gets SIGTERM from the kernel (PR_SET_PDEATHSIG), checkpoints and exits; none trains on in the background."""
+    run_dir = str(tmp_path / "run")
+    agent = subprocess.Popen([sys.executable, "launch.py", "--standalone", "--nproc_per_node=2", "train.py",
+                              *args(byte_data, run_dir, "--train.max_steps=400")], cwd=ROOT, env=env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_step(agent, 3)
+        agent.kill()
+        agent.wait(timeout=30)
+        deadline = time.time() + 120
+        while time.time() < deadline and subprocess.run(["pgrep", "-f", run_dir], capture_output=True).stdout:
+            time.sleep(0.5)
+        left = subprocess.run(["pgrep", "-f", run_dir], capture_output=True, text=True).stdout.split()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(agent.pid, signal.SIGKILL)
+    assert not left, f"workers still running after their agent died: {left}"
+    assert ckpt.list_checkpoints(run_dir), "the workers stopped without a checkpoint"
 
 
 # ----------------------------------------------------------------------------- one writer per run dir
