@@ -32,7 +32,8 @@ from torch.nn import functional as F
 
 from errors import ConfigError
 
-ARCHS = ("gpt2", "llama")
+ARCHS = ("gpt2", "llama")  # the archs with the GPT-2 parameter names above
+TRACK3_ARCH = "track3"  # modded-nanogpt Track 3's model (its own names: see the track3 section at the end)
 
 # Named sizes. block_size is the default context; configs usually set [model] block_size to the training sequence
 # length (the LionMuon paper trains at 512). "tiny" is a CPU smoke-test model: 4 layers, 4 heads, width 128,
@@ -45,6 +46,9 @@ MODEL_SIZES: dict[str, dict] = {
     "gpt2-355m": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),  # GPT-2 medium
     "gpt2-720m": dict(n_layer=12, n_head=16, n_embd=2048, block_size=1024),  # the LionMuon/EPFL "720M" (wide, shallow)
     "gpt2-774m": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),  # GPT-2 large
+    "gpt2-1.5b": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),  # GPT-2 XL (train.parallel = "fsdp")
+    # TinyLlama-1.1B's shape: with arch = "llama" (SwiGLU 5632 wide, RoPE) 1.2B parameters at vocab 50304
+    "llama-1b": dict(n_layer=22, n_head=32, n_embd=2048, block_size=2048),
 }
 
 
@@ -60,8 +64,8 @@ class GPTConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ConfigError(f"unknown model arch {self.arch!r}. Use one of {', '.join(ARCHS)}")
+        if self.arch not in ARCHS + (TRACK3_ARCH,):
+            raise ConfigError(f"unknown model arch {self.arch!r}. Use one of {', '.join(ARCHS + (TRACK3_ARCH,))}")
         for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -76,11 +80,13 @@ class GPTConfig:
             raise ConfigError("arch='llama' has no biases. Set model.bias=false")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}. Fix [model] dropout")
+        if self.arch == TRACK3_ARCH:
+            check_track3_config(self)
 
     @property
     def mlp_hidden(self) -> int:
         """Width of the MLP hidden layer: 4d for gpt2; for llama 8d/3 rounded up to a multiple of 256."""
-        if self.arch == "gpt2":
+        if self.arch in ("gpt2", TRACK3_ARCH):
             return 4 * self.n_embd
         return 256 * math.ceil(8 * self.n_embd / 3 / 256)
 
@@ -327,6 +333,9 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        if config.arch == TRACK3_ARCH:
+            build_track3(self, config)
+            return
         llama = config.arch == "llama"
         modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
         if not llama:
@@ -365,6 +374,8 @@ class GPT(nn.Module):
         without_embeddings: total − wte − wpe (Kaplan et al. 2020's N: transformer blocks and final norm only).
         embeddings: wte + wpe (wpe is 0 for llama).
         """
+        if self.config.arch == TRACK3_ARCH:
+            return track3_param_counts(self)
         total = sum(p.numel() for p in self.parameters())
         wte = self.transformer.wte.weight.numel()
         wpe = self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0
@@ -385,6 +396,8 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ConfigError(f"sequence length {T} exceeds the model's block_size {self.config.block_size}. "
                               "Use shorter inputs or a larger model.block_size")
+        if self.config.arch == TRACK3_ARCH:
+            return track3_forward(self, idx, targets, full_logits)
         x = self.transformer.wte(idx)
         if "wpe" in self.transformer:
             pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
@@ -433,3 +446,264 @@ class GPT(nn.Module):
                 idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
+
+
+# -----------------------------------------------------------------------------
+# arch = "track3": the model of modded-nanogpt's optimization benchmark (Track 3), records/track_3_optimization/
+# train_gpt_simple.py, module by module (docs/track3.md). The track's names → ours (routing.py and parallel.py read
+# ours: the block matrices go to Muon under routing "hidden"; wte, lm_head and every 1-D parameter to the backup):
+#   embed.weight                 transformer.wte.weight              N(0, 1)
+#   norm1.gains                  transformer.ln_e.gains              RMSNorm after the embedding, gains 1
+#   blocks.{i}.norm1.gains       transformer.h.{i}.ln_1.gains
+#   blocks.{i}.attn.q/k/v        transformer.h.{i}.attn.c_q/c_k/c_v  (.weight, .bias) N(0, 0.33/fan_in), bias 0
+#   blocks.{i}.attn.proj         transformer.h.{i}.attn.c_proj       zero
+#   blocks.{i}.norm2.gains       transformer.h.{i}.ln_2.gains
+#   blocks.{i}.mlp.fc / .proj    transformer.h.{i}.mlp.c_fc / c_proj N(0, 0.33/fan_in) / zero
+#   norm2.gains                  transformer.ln_f.gains              RMSNorm before the head
+#   proj.weight, proj.bias       lm_head.weight, lm_head.bias        untied head, zero (the track's "proj" rule)
+# Every Linear has a bias (model.bias is ignored); no dropout; no position embedding (RoPE). Head size =
+# n_embd / n_head (the track: 128, 6 heads at 768). Precision: the track stores the embedding in bfloat16, so its
+# whole forward (residual stream included) runs in bf16 and every weight is cast to the activations' dtype
+# (`type_as`). Here the weights stay fp32 (the master copy the optimizers update); under autocast (train.dtype =
+# "auto" on a GPU) the embedding's output is cast to the autocast dtype, which gives the track's bf16 residual
+# stream; without autocast (CPU, tests) everything runs in the parameters' dtype. RoPE and the logits are computed
+# in fp32, or in the parameters' dtype where that is wider (float64 tests).
+
+TRACK3_SOFTCAP = 15.0  # logits ← 15·z / sqrt(z² + 15²)
+TRACK3_ATTN_SCALE = 0.12  # attention scale instead of 1/sqrt(head size)
+TRACK3_INIT_STD2 = 0.33  # hidden matrices ~ N(0, 0.33 / fan_in)
+
+
+def check_track3_config(cfg: GPTConfig) -> None:
+    head = cfg.n_embd // cfg.n_head
+    if head % 4 != 0:
+        raise ConfigError(f"arch='track3' needs a head size (n_embd/n_head) divisible by 4 for its half-truncated "
+                          f"RoPE, got {head}. The track uses n_embd=768, n_head=6 (head size 128)")
+    if cfg.dropout:
+        raise ConfigError("arch='track3' has no dropout. Set model.dropout=0")
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """t in fp32 if it is in a 16-bit float type (the track's `.float()`), else unchanged (fp32, float64)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def track3_softcap(z: torch.Tensor) -> torch.Tensor:
+    return TRACK3_SOFTCAP * z * (z.square() + TRACK3_SOFTCAP ** 2).rsqrt()
+
+
+class Track3RMSNorm(nn.Module):
+    """F.rms_norm (eps: the dtype's machine epsilon) with learned `gains`, cast to the input's dtype."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gains = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.size(-1),), weight=self.gains.type_as(x))
+
+
+class Track3Linear(nn.Linear):
+    """Linear with bias, weight and bias cast to the input's dtype."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=True)
+
+    def forward(self, x):
+        return F.linear(x, self.weight.type_as(x), self.bias.type_as(x))
+
+
+class Track3Rotary(nn.Module):
+    """Half-truncated RoPE: frequencies (1/1024)^linspace(0, 1, hs/4) for the first hs/4 channel pairs and 0 (no
+    rotation) for the other hs/4; pairs are (x[j], x[j + hs/2]) (the halves of the head), as the track's Rotary."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        freq = (1 / 1024) ** torch.linspace(0, 1, steps=head_dim // 4, dtype=torch.float32)
+        # non-persistent: derived from the config, so it stays out of checkpoints
+        self.register_buffer("angular_freq", torch.cat([freq, freq.new_zeros(head_dim // 4)]), persistent=False)
+
+    def forward(self, x_BTHD):
+        dtype = torch.promote_types(x_BTHD.dtype, torch.float32)
+        pos = torch.arange(x_BTHD.size(1), dtype=dtype, device=x_BTHD.device)
+        theta = torch.outer(pos, self.angular_freq.to(dtype))[None, :, None, :]
+        cos, sin = theta.cos(), theta.sin()
+        x1, x2 = x_BTHD.to(dtype).chunk(2, dim=-1)
+        y1 = x1 * cos + x2 * sin
+        y2 = x1 * (-sin) + x2 * cos
+        return torch.cat((y1, y2), 3).type_as(x_BTHD)
+
+
+class Track3Attention(nn.Module):
+    """Separate q, k, v projections with bias, RMS-normed q and k (no gains), RoPE, causal attention with scale
+    0.12, output projection with bias."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.n_embd // config.n_head
+        d = config.n_embd
+        self.c_q, self.c_k, self.c_v = Track3Linear(d, d), Track3Linear(d, d), Track3Linear(d, d)
+        self.c_proj = Track3Linear(d, d)
+        self.rotary = Track3Rotary(self.head_dim)
+
+    def forward(self, x):
+        B, T = x.size(0), x.size(1)
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
+        q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        q, k = self.rotary(q), self.rotary(k)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           scale=TRACK3_ATTN_SCALE, is_causal=True).transpose(1, 2)
+        return self.c_proj(y.contiguous().view(B, T, self.n_head * self.head_dim))
+
+
+class Track3MLP(nn.Module):
+    """c_proj(relu(c_fc(x))²), hidden 4d, biases."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = Track3Linear(config.n_embd, config.mlp_hidden)
+        self.c_proj = Track3Linear(config.mlp_hidden, config.n_embd)
+
+    def forward(self, x):
+        return self.c_proj(self.c_fc(x).relu().square())
+
+
+class Track3Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = Track3RMSNorm(config.n_embd)
+        self.attn = Track3Attention(config)
+        self.ln_2 = Track3RMSNorm(config.n_embd)
+        self.mlp = Track3MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+def build_track3(model: nn.Module, config: GPTConfig) -> None:
+    """Give `model` (a GPT being constructed) the track's modules and initialisation."""
+    d, V = config.n_embd, config.vocab_size
+    model.transformer = nn.ModuleDict(dict(
+        wte=nn.Embedding(V, d), ln_e=Track3RMSNorm(d),
+        h=nn.ModuleList([Track3Block(config) for _ in range(config.n_layer)]), ln_f=Track3RMSNorm(d)))
+    model.lm_head = Track3Linear(d, V)
+    with torch.no_grad():  # the track's init loop, on our names (the table above)
+        for name, p in model.named_parameters():
+            if name.endswith("weight"):
+                if "c_proj" in name or name.startswith("lm_head"):  # the track's "proj" in name: zero
+                    p.zero_()
+                elif "wte" in name:
+                    p.normal_()
+                else:
+                    p.normal_(std=TRACK3_INIT_STD2 ** 0.5 / p.size(-1) ** 0.5)
+            elif name.endswith("bias"):
+                p.zero_()
+            elif name.endswith("gains"):
+                p.fill_(1.0)
+            else:
+                raise AssertionError(f"uninitialized parameter {name}")
+
+
+def track3_param_counts(model: nn.Module) -> dict:
+    """GPT.param_counts() for arch track3 (untied head): non_embedding = total − wte (the embedding is a lookup; the
+    head is a matmul, so it stays in the 6·N of flops.py); without_embeddings also drops the head's weight."""
+    total = sum(p.numel() for p in model.parameters())
+    wte, head = model.transformer.wte.weight.numel(), model.lm_head.weight.numel()
+    return dict(total=total, non_embedding=total - wte, without_embeddings=total - wte - head, embeddings=wte)
+
+
+def track3_forward(model: nn.Module, idx, targets, full_logits: bool):
+    """GPT.forward for arch track3: same contract (logits and mean fp32 cross-entropy over the soft-capped logits,
+    targets of -1 ignored, chunked on CPU)."""
+    tr = model.transformer
+    x = tr.wte(idx)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):  # the track's bf16 embedding: a bf16 residual stream
+        x = x.to(torch.get_autocast_dtype(device_type))
+    x = tr.ln_e(x)
+    for block in tr.h:
+        x = block(x)
+    x = tr.ln_f(x)
+    if targets is None:
+        return track3_softcap(_wide(model.lm_head(x if full_logits else x[:, [-1], :]))), None
+    chunk_rows = loss_chunk_rows(x.device, model.config.vocab_size)
+    if full_logits or not chunk_rows:
+        logits = track3_softcap(_wide(model.lm_head(x)))
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return (logits if full_logits else None), loss
+    head = model.lm_head
+    return None, softcap_chunked_cross_entropy(x.view(-1, x.size(-1)), head.weight, head.bias, targets.view(-1),
+                                               chunk_rows)
+
+
+def _softcap_chunk(x, weight, bias, targets):
+    """For one chunk: (softmax of the capped logits unnormalised e, its row sums s, the per-row loss, dcap/dz)."""
+    z = _wide(F.linear(x, weight.type_as(x), bias.type_as(x)))
+    r = (z.square() + TRACK3_SOFTCAP ** 2).rsqrt()
+    logits = TRACK3_SOFTCAP * z * r
+    target_logit = logits.gather(1, targets.clamp(min=0).unsqueeze(1))
+    m = logits.amax(dim=1, keepdim=True)
+    e = logits.sub_(m).exp_()
+    s = e.sum(dim=1, keepdim=True)
+    # d(15 z / sqrt(z² + 225))/dz = 15·225 / (z² + 225)^(3/2) = 15³ r³
+    dcap = r.pow_(3).mul_(TRACK3_SOFTCAP ** 3)
+    return e, s, (m + s.log() - target_logit).squeeze(1), dcap
+
+
+class _SoftcapChunkedCrossEntropy(torch.autograd.Function):
+    """_ChunkedCrossEntropy for the track's head: logits = softcap(x @ weight.T + bias); gradients computed chunk by
+    chunk in the forward pass (d/dz = (softmax − one-hot)·row weight·dcap/dz), scaled in backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets, chunk_rows: int):
+        amp = torch.is_autocast_enabled(x.device.type)
+        valid = targets != -1
+        n_valid = valid.sum()
+        acc = torch.promote_types(x.dtype, torch.float32)  # fp32 sums (float64 for float64 inputs)
+        row_weight = valid.to(acc) / n_valid.clamp(min=1).to(acc)
+        grad_x = torch.empty_like(x)
+        grad_w = torch.zeros_like(weight, dtype=acc)
+        grad_b = torch.zeros_like(bias, dtype=acc)
+        loss_sum = torch.zeros((), dtype=acc, device=x.device)
+        for start in range(0, x.size(0), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            xc, tc, wc = x[rows], targets[rows], row_weight[rows].unsqueeze(1)
+            e, s, row_loss, dcap = _softcap_chunk(xc, weight, bias, tc)
+            loss_sum += torch.where(valid[rows], row_loss, 0.0).sum()
+            g = e.mul_(wc / s)
+            g.scatter_add_(1, tc.clamp(min=0).unsqueeze(1), -wc.to(g.dtype))
+            g.mul_(dcap)  # through the soft-cap: gradient w.r.t. z = x @ W.T + b
+            grad_b += g.sum(0)
+            if amp:
+                grad_x[rows] = g @ weight
+                grad_w += g.t() @ xc
+            else:
+                g = g.to(x.dtype)
+                torch.mm(g, weight.to(x.dtype), out=grad_x[rows])
+                grad_w.addmm_(g.t().to(grad_w.dtype), xc.to(grad_w.dtype))
+        ctx.save_for_backward(grad_x, grad_w.to(weight.dtype), grad_b.to(bias.dtype))
+        return loss_sum / n_valid.to(acc)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_w, grad_b = ctx.saved_tensors
+        return grad_x * grad_loss, grad_w * grad_loss, grad_b * grad_loss, None, None
+
+
+def softcap_chunked_cross_entropy(x, weight, bias, targets, chunk_rows: int = 128):
+    """F.cross_entropy(softcap(x @ weight.T + bias), targets, ignore_index=-1), chunk_rows rows at a time (the full
+    N×V logits never exist); only the loss without autograd."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
+        return _SoftcapChunkedCrossEntropy.apply(x, weight, bias, targets, chunk_rows)
+    with torch.no_grad():
+        valid = targets != -1
+        acc = torch.promote_types(x.dtype, torch.float32)
+        loss_sum = torch.zeros((), dtype=acc, device=x.device)
+        for start in range(0, x.size(0), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            row_loss = _softcap_chunk(x[rows], weight, bias, targets[rows])[2]
+            loss_sum += torch.where(valid[rows], row_loss, 0.0).sum()
+        return loss_sum / valid.sum().to(acc)

@@ -112,7 +112,10 @@ def plan(cfg, mcfg, opts: PlanOptions, batch_layout) -> list[str]:
     micro_batch, accum = batch_layout(tc, mcfg.block_size, opts.gpus)
     value_bytes = 4 if tc.dtype == "float32" else 2
     weights = grads = 4 * counts["total"]  # fp32 master weights and gradients (bf16 is autocast only)
-    buckets = 4 * counts["total"] if opts.gpus > 1 else 0  # DDP's gradient buckets
+    fsdp = cfg.train.parallel == "fsdp" and opts.gpus > 1
+    if fsdp:  # FSDP2 shards weights, gradients and optimizer state 1/N per rank (parallel.py; docs/fsdp.md)
+        weights, grads, state = weights // opts.gpus, grads // opts.gpus, state // opts.gpus
+    buckets = 4 * counts["total"] if opts.gpus > 1 and not fsdp else 0  # DDP's gradient buckets
     fixed = weights + grads + buckets + state
     acts = activation_bytes(mcfg, micro_batch, value_bytes)
     hours = total_flops / (opts.gpus * peak * opts.mfu) / 3600
@@ -127,7 +130,8 @@ def plan(cfg, mcfg, opts: PlanOptions, batch_layout) -> list[str]:
         f"FLOPs      model {per_token:.3e} per token, optimizer {cfg.optimizer.name} {opt_flops:.3e} per step; "
         f"{total_flops:.3e} in total ({opt_flops * tc.max_steps / total_flops:.2%} optimizer)",
         f"batch      micro_batch × accumulation per GPU count: {layouts}",
-        f"memory     per GPU at {opts.gpus} GPU(s): weights {weights / 1e9:.2f} GB + gradients {grads / 1e9:.2f}"
+        f"memory     per GPU at {opts.gpus} GPU(s){' (fsdp: sharded 1/N)' if fsdp else ''}: "
+        f"weights {weights / 1e9:.2f} GB + gradients {grads / 1e9:.2f}"
         + (f" + DDP buckets {buckets / 1e9:.2f}" if buckets else "") +
         f" + optimizer state {state / 1e9:.2f} + activations ~{acts / 1e9:.2f} (micro_batch {micro_batch}, "
         f"{'fp32' if value_bytes == 4 else 'bf16'}; estimate) = ~{(fixed + acts) / 1e9:.1f} GB of "

@@ -343,7 +343,7 @@ def handle_nonfinite(run, step: int, train_loss: float, params, policy: str, ski
     if policy == "stop":
         raise NonFiniteError(f"non-finite {what} at step {step} ({run.last_good_text()}); {run.resume_hint()}, "
                              f"or set --train.nonfinite=skip to skip such steps")
-    if not bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
+    if not parallel.all_finite(params):  # per shard under FSDP, then all-reduced
         raise NonFiniteError(f"non-finite {what} at step {step} because the weights are non-finite, which "
                              f"skipping cannot repair ({run.last_good_text()}); {run.resume_hint()}")
     run.skipped += 1

@@ -79,7 +79,7 @@ def test_names_shapes_counts_every_size(arch, size):
 def test_named_sizes():
     assert {k: (v["n_layer"], v["n_head"], v["n_embd"]) for k, v in MODEL_SIZES.items() if k != "tiny"} == {
         "gpt2-124m": (12, 12, 768), "gpt2-355m": (24, 16, 1024), "gpt2-720m": (12, 16, 2048),
-        "gpt2-774m": (36, 20, 1280)}
+        "gpt2-774m": (36, 20, 1280), "gpt2-1.5b": (48, 25, 1600), "llama-1b": (22, 32, 2048)}
     assert model_config("llama", "gpt2-124m").mlp_hidden == 2048  # 8·768/3 = 2048 exactly
     assert model_config("llama", "gpt2-355m").mlp_hidden == 2816  # 8·1024/3 = 2730.7 -> 2816
     assert model_config("gpt2", "gpt2-124m").mlp_hidden == 3072

@@ -58,3 +58,11 @@ def test_a_run_that_cannot_fit_is_refused_with_the_knob(capsys):
         train_main([path, "--plan", "--plan.gpu=v100"])
     with pytest.raises(ConfigError, match="--plan.mfu=2 is not valid"):
         train_main([path, "--plan", "--plan.mfu=2"])
+
+
+def test_fsdp_plan_shards_weights_gradients_and_state():
+    path = os.path.join(ROOT, "configs", "gpt2_124m.toml")
+    ddp = train_main([path, "--plan", "--plan.gpus=4", "--optimizer.name=adamw"])[4]
+    fsdp = train_main([path, "--plan", "--plan.gpus=4", "--optimizer.name=adamw", "--train.parallel=fsdp"])[4]
+    assert "weights 0.50 GB" in ddp and "DDP buckets" in ddp
+    assert "(fsdp: sharded 1/N)" in fsdp and "weights 0.12 GB" in fsdp and "DDP buckets" not in fsdp
