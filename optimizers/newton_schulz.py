@@ -40,6 +40,9 @@ import torch
 import torch.distributed as dist
 
 KELLERJORDAN = (3.4445, -4.7750, 2.0315)
+# modded-nanogpt records/track_3_optimization/train_gpt_simple.py zeropower_via_newtonschulz5: the classic cubic
+# Newton–Schulz (converges to the exact polar factor; the track runs 12 iterations)
+TRACK3 = (2.0, -1.5, 0.5)
 
 # Polar Express, arXiv 2505.16932 Algorithm 1 (before the safety factor). The last tuple repeats for steps > 8.
 _POLAR_EXPRESS_RAW = [
@@ -56,7 +59,7 @@ _PE_SAFETY = 1.01
 POLAR_EXPRESS = [(a / _PE_SAFETY, b / _PE_SAFETY**3, c / _PE_SAFETY**5) for a, b, c in _POLAR_EXPRESS_RAW[:-1]]
 POLAR_EXPRESS.append(_POLAR_EXPRESS_RAW[-1])
 
-NS_COEFFICIENTS = ("kellerjordan", "polar_express")
+NS_COEFFICIENTS = ("kellerjordan", "polar_express", "track3")
 NS_DTYPES = ("auto", "bfloat16", "float32", "float64")
 NS_EPS = 1e-7
 
@@ -114,6 +117,8 @@ def coefficient_schedule(coefficients: str, steps: int) -> tuple[list[tuple[floa
         return [KELLERJORDAN] * steps, 1.0
     if coefficients == "polar_express":
         return [POLAR_EXPRESS[min(i, len(POLAR_EXPRESS) - 1)] for i in range(steps)], _PE_SAFETY
+    if coefficients == "track3":
+        return [TRACK3] * steps, 1.0
     raise ValueError(f"unknown Newton-Schulz coefficients {coefficients!r}; use one of {NS_COEFFICIENTS}")
 
 

@@ -103,7 +103,8 @@ class NorMuon(HybridOptimizer):
         ns_steps: Newton–Schulz iterations (5; every reference).
         ns_coefficients: "kellerjordan" (the paper's code) or "polar_express" ("kellerjordan"; see the module
             docstring for dion's own sets).
-        ns_dtype: "auto" (bfloat16 on CUDA, as dion; the input's dtype elsewhere), "bfloat16", "float32", "float64".
+        ns_dtype: "auto" (bf16 on CUDA, as dion, and on CPUs with bf16 matrix units: newton_schulz.py), "bfloat16",
+            "float32", "float64".
         scaling: "spectral_norm" (√(rows/cols)), "match_rms_adamw" (0.2·√max), "original" (√max(1, rows/cols)) or
             "none" ("spectral_norm"; dion adjust_lr's default).
     """

@@ -105,3 +105,23 @@ def test_ns_flops_formula():
     assert ns_matmul_flops(1024, 4096, 5) == pytest.approx(9.664e10, rel=1e-3)
     total = 12 * sum(ns_matmul_flops(m, n, 5) for m, n in [(2304, 768), (768, 768), (3072, 768), (768, 3072)])
     assert total == pytest.approx(1.52203e12, rel=1e-5)
+
+
+def test_track3_coefficients_are_the_tracks_cubic_iteration():
+    """ns_coefficients = "track3": modded-nanogpt Track 3's 12 iterations of (2, -1.5, 0.5), compared with a plain
+    float64 loop of the track's zeropower_via_newtonschulz5 (normalised by the Frobenius norm, wide orientation)."""
+    import torch
+
+    from optimizers.newton_schulz import orthogonalize
+
+    g = torch.Generator().manual_seed(3)
+    for shape in ((8, 5), (5, 8), (6, 6)):
+        G = torch.randn(*shape, generator=g, dtype=torch.float64)
+        X = G.T if shape[0] > shape[1] else G
+        X = X / (X.norm() + 1e-7)
+        for _ in range(12):
+            A = X @ X.T
+            X = 2.0 * X + (-1.5 * A + 0.5 * A @ A) @ X
+        ref = X.T if shape[0] > shape[1] else X
+        out = orthogonalize([G], 12, "track3", "float64")[0]
+        assert torch.allclose(out, ref, atol=1e-6), shape
