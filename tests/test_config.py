@@ -120,7 +120,7 @@ def test_differences_ignores_resumable_keys():
     b = load_config(None, ["--logging.wandb=offline", "--train.eval_interval=7"])
     assert differences(a, b) == []
     c = load_config(None, ["--optimizer.lr=1e-4"])
-    assert differences(a, c) == ["optimizer.lr: 0.003 -> 0.0001"]
+    assert differences(a, c) == [f"optimizer.lr: {a.optimizer.settings['lr']!r} -> 0.0001"]
 
 
 PER_METHOD = """

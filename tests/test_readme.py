@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ROOT, corpus_text
@@ -86,6 +87,7 @@ def test_readme_commands_run_as_written(tmp_path):
     (home / "corpus.txt").write_text(corpus_text()[:200_000], encoding="utf-8")  # the README's ~/corpus.txt
     env = dict(os.environ, HOME=str(home), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHON=sys.executable,
                PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.pop("OMP_NUM_THREADS", None)  # as a user's shell: run.sh picks the threads (the suite may have pinned one)
     seen = []
     for command in readme_commands():
         rule = _rule(command)
@@ -102,7 +104,9 @@ def test_readme_commands_run_as_written(tmp_path):
                 ci = open(os.path.join(ROOT, ".ci", "run")).read().replace("python3 ", "python ")
                 assert command in ci, "CI must run the README's test command"
             continue
+        t0 = time.time()
         proc = subprocess.run(command, shell=True, cwd=copy, env=env, capture_output=True, text=True, timeout=900)
+        print(f"{time.time() - t0:6.1f}s  {rule:7}  {command}")  # pytest -s shows where the time goes
         out = f"$ {command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         if rule == "run":
             assert proc.returncode == 0, out
