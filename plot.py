@@ -199,6 +199,17 @@ def last_eval(run, key):
     return vals[-1] if vals else math.nan
 
 
+def mean_sd(xs):
+    """(mean, sample sd with n - 1), nan where undefined (no values; sd of one value)."""
+    xs = [float(x) for x in xs]
+    if not xs:
+        return math.nan, math.nan
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, math.nan
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
 def markdown_table(runs):
     """Markdown table of runs sorted by best val loss (runs without any eval last)."""
     extras = [(k, name) for k, name in EXTRA_EVALS if any(math.isfinite(last_eval(r, k)) for r in runs)]
@@ -267,13 +278,7 @@ class Recipe:
     def stat(self, attr):
         """(mean, sample std) of a Run property over the runs where it is finite; std is nan for n < 2."""
         vals = [getattr(r, attr) for r in self.runs]
-        vals = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
-        if not vals:
-            return math.nan, math.nan
-        mean = sum(vals) / len(vals)
-        if len(vals) < 2:
-            return mean, math.nan
-        return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+        return mean_sd(v for v in vals if isinstance(v, (int, float)) and math.isfinite(v))
 
 
 def _method(run):

@@ -88,15 +88,7 @@ def t_two_sided_p(t: float, df: float) -> float:
 
 # ---- sample statistics and Welch's t-test ----
 
-def mean_sd(xs):
-    """(mean, sample sd with n - 1), nan where undefined (no values; sd of one value)."""
-    xs = [float(x) for x in xs]
-    if not xs:
-        return math.nan, math.nan
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, math.nan
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+mean_sd = plot.mean_sd  # (mean, sample sd): one definition, shared with plot.py's recipe tables
 
 
 @dataclass

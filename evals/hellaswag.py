@@ -13,7 +13,6 @@ published upstream, so the first download is trusted as the source's. `eval.hell
 (offline machines) instead.
 """
 
-import hashlib
 import json
 import os
 import urllib.error
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from atomic import atomic_write
+from checkpoint import file_sha256
 from errors import DataError
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -33,12 +33,7 @@ def cache_dir() -> str:
     return os.environ.get("NANOPTIM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "nanoptim")
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256 = file_sha256  # the project's one file hash (checkpoint.py)
 
 
 def locate(path: str = "", log=print) -> str:

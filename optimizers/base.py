@@ -115,6 +115,10 @@ class HybridOptimizer(torch.optim.Optimizer):
                     flops["elementwise"] += ns_elementwise_flops(rows, cols, group["ns_steps"])
         return flops
 
+    def full_matrix_shape(self, p: torch.Tensor) -> tuple[int, int]:
+        """(rows, cols) of the whole matrix p is (p itself here; a local shard's matrix under FSDP: sharded_ns.py)."""
+        return matrix_shape(p)
+
     def _groups_with_grads(self, groups: list[dict], *buffer_names: str):
         """For each group with gradients: (group, params, grads, *one list per named state buffer), the buffers
         zero-initialised on first use, like the params. Lists of tensors, for torch._foreach_* ops."""
@@ -162,14 +166,13 @@ class HybridOptimizer(torch.optim.Optimizer):
                 outs[i] = o
         return outs
 
-    @staticmethod
-    def _apply_matrix_updates(groups: list[dict], params: list[torch.Tensor], updates: list[torch.Tensor],
+    def _apply_matrix_updates(self, groups: list[dict], params: list[torch.Tensor], updates: list[torch.Tensor],
                               scale) -> None:
         """p ← p·(1 − lr·wd) − lr·s·O for each group, p, O (an NS output of p's matrix shape), with
-        s = scale(group, rows, cols); one foreach call per (group, s)."""
+        s = scale(group, rows, cols) of p's whole matrix; one foreach call per (group, s)."""
         buckets: dict[tuple[int, float], tuple[dict, list, list]] = {}
         for group, p, o in zip(groups, params, updates):
-            s = scale(group, o.size(0), o.size(1))
+            s = scale(group, *self.full_matrix_shape(p))
             entry = buckets.setdefault((id(group), s), (group, [], []))
             entry[1].append(p)
             entry[2].append(o.reshape(p.shape))

@@ -215,20 +215,6 @@ class ShardedOptimizer:
                 outs[i] = o
         return outs
 
-    def _apply_matrix_updates(self, groups, params, updates, scale) -> None:
-        """base.HybridOptimizer._apply_matrix_updates with the scale of each WHOLE matrix's shape."""
-        buckets: dict[tuple[int, float], tuple[dict, list, list]] = {}
-        for group, p, o in zip(groups, params, updates):
-            s = scale(group, *self.full_matrix_shape(p))
-            entry = buckets.setdefault((id(group), s), (group, [], []))
-            entry[1].append(p)
-            entry[2].append(o.reshape(p.shape))
-        for (_, s), (group, ps, os) in buckets.items():
-            lr, wd = group["lr"], group["weight_decay"]
-            if wd != 0:
-                torch._foreach_mul_(ps, 1.0 - lr * wd)
-            torch._foreach_add_(ps, os, alpha=-lr * s)
-
     def _all_reduce(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
         """Sum each tensor over the ranks, in one all_reduce (float64 for scalars: counts and squared norms)."""
         if not values:
