@@ -32,6 +32,7 @@ lion-pytorch, pytorch-optimizer (AdamW, Lion foreach and per-parameter, SignSGD 
 
 import argparse
 import importlib
+import math
 import os
 import statistics
 import sys
@@ -221,9 +222,21 @@ def library(name):
         return None
 
 
+class TorchOpsOnly:
+    """An optimizer whose sign steps run the torch ops instead of the C kernels (optimizers/sign_kernels.py)."""
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def step(self):
+        from optimizers import sign_kernels
+        with sign_kernels.torch_ops_only():
+            self.opt.step()
+
+
 def library_rows(algorithm, params, hidden):
     """(label, is ours, constructor) of every implementation of `algorithm`; same hyperparameters throughout."""
-    from optimizers import AdamW, Lion, Muon, Signum
+    from optimizers import AdamW, Lion, LionMuon, Muon, Signum
     lion_pt, po, hb = library("lion_pytorch"), library("pytorch_optimizer"), library("heavyball")
     adamw = dict(lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     lion = dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1)
@@ -233,15 +246,22 @@ def library_rows(algorithm, params, hidden):
                   ("torch.optim.AdamW fused", False, lambda: torch.optim.AdamW(params, **adamw, fused=True))]
         + ([("pytorch-optimizer AdamW", False, lambda: po.AdamW(params, **adamw))] if po else [])
         + ([("heavyball AdamW (eager)", False, lambda: hb.AdamW(params, **adamw, compile_step=False))] if hb else []),
-        "lion": [("ours: optimizers.Lion", True, lambda: Lion(params, **lion))]
+        "lion": [("ours: optimizers.Lion", True, lambda: Lion(params, **lion)),
+                 ("ours, torch ops (no C compiler)", True, lambda: TorchOpsOnly(Lion(params, **lion)))]
         + ([("lion-pytorch Lion", False, lambda: lion_pt.Lion(params, **lion))] if lion_pt else [])
         + ([("pytorch-optimizer Lion foreach", False, lambda: po.Lion(params, **lion, foreach=True)),
             ("pytorch-optimizer Lion per-param", False, lambda: po.Lion(params, **lion, foreach=False))] if po else []),
-        "signum": [("ours: optimizers.Signum", True, lambda: Signum(params, lr=1e-4, momentum=0.9, weight_decay=0.1))]
+        "signum": [("ours: optimizers.Signum", True, lambda: Signum(params, lr=1e-4, momentum=0.9, weight_decay=0.1)),
+                   ("ours, torch ops (no C compiler)", True,
+                    lambda: TorchOpsOnly(Signum(params, lr=1e-4, momentum=0.9, weight_decay=0.1)))]
         + ([("pytorch-optimizer SignSGD foreach", False,
              lambda: po.SignSGD(params, lr=1e-4, momentum=0.9, weight_decay=0.1, foreach=True)),
             ("pytorch-optimizer SignSGD per-param", False,
              lambda: po.SignSGD(params, lr=1e-4, momentum=0.9, weight_decay=0.1, foreach=False))] if po else []),
+        # no library implements LionMuon: its Lion step (P = inf), one pass against the torch ops it replaced
+        "lionmuon lion step (hidden)": [
+            ("ours: optimizers.LionMuon, period=inf", True, lambda: LionMuon(hidden, period=math.inf)),
+            ("ours, torch ops (the previous code)", False, lambda: TorchOpsOnly(LionMuon(hidden, period=math.inf)))],
         "muon (hidden)": [("ours: optimizers.Muon", True, lambda: Muon(hidden)),
                           ("torch.optim.Muon", False, lambda: torch.optim.Muon(hidden, lr=0.02, momentum=0.95))]
         + ([("pytorch-optimizer Muon", False,
@@ -252,6 +272,7 @@ def library_rows(algorithm, params, hidden):
 
 
 def compare_libraries(args, device, malloc):
+    from optimizers import sign_kernels
     named = make_params(args.size, device)
     params = [p for _, p in named]
     grads = [p.grad for p in params]
@@ -260,10 +281,11 @@ def compare_libraries(args, device, malloc):
     print(f"# --compare-libraries, gpt2 {args.size}, {sum(p.numel() for p in params) / 1e6:.1f}M params; device "
           f"{device}; torch {torch.__version__}; {torch.get_num_threads()} threads; malloc {malloc}; NS dtype (auto) "
           f"{str(resolve_dtype('auto', hidden[0]))[6:]}; median of {args.repeats} after {args.warmup} warm-up, "
-          f"alternating" + (f"; not installed, skipped: {', '.join(missing)}" if missing else ""), flush=True)
+          f"alternating; sign steps: {sign_kernels.status()}"
+          + (f"; not installed, skipped: {', '.join(missing)}" if missing else ""), flush=True)
     only = set(filter(None, args.only.split(",")))
-    print("\n| algorithm | implementation | step (ms) | vs best library |\n|---|---|---:|---:|")
-    for algorithm in ("adamw", "lion", "signum", "muon (hidden)"):
+    print("\n| algorithm | implementation | step (ms) | vs best alternative |\n|---|---|---:|---:|")
+    for algorithm in ("adamw", "lion", "signum", "lionmuon lion step (hidden)", "muon (hidden)"):
         if only and algorithm not in only:
             continue
         runners = []

@@ -199,8 +199,11 @@ def in_chunks(*lists, chunk: int | None = None):
     Yields tuples of lists, one list per input. On CPU every batch holds at most `chunk` elements per list: a tensor
     larger than that is cut into contiguous slices (views), smaller ones are grouped, so a foreach update applied
     batch by batch makes one pass over main memory. Elementwise kernels give every entry the same result whichever
-    slice it is in, so the update is bit for bit the one on whole tensors. Elsewhere (CUDA) one batch = the lists."""
-    if not lists[0] or lists[0][0].device.type != "cpu":
+    slice it is in, so the update is bit for bit the one on whole tensors. Elsewhere (CUDA) one batch = the lists;
+    empty lists, no batch."""
+    if not lists[0]:
+        return
+    if lists[0][0].device.type != "cpu":
         yield lists
         return
     chunk = chunk or CPU_CHUNK

@@ -16,8 +16,8 @@ Update, per 2-D parameter W (m×n), step t counting from 0 (the first step is a 
   with ns_dtype "auto", on CPUs with bf16 matrix units: newton_schulz.resolve_dtype).
 - The Lion steps compute Ĝ and M with lerp (`g.lerp(M, β1)`, `M.lerp_(g, 1−β2)`), the form the committed CPU
   results were produced with; the reference code (and optimizers/lion.py) multiply and add. The two are equal in
-  exact arithmetic and differ in fp32 rounding only. On CPU a Lion step runs on cache-sized slices (base.in_chunks:
-  one pass over main memory, the same result bit for bit).
+  exact arithmetic and differ in fp32 rounding only. On CPU a Lion step runs in one pass per element
+  (sign_kernels.py), or without a C compiler on cache-sized slices (base.in_chunks); the same result bit for bit.
 - P is an integer ≥ 1 or inf. P = inf takes no Muon step, which is Algorithm 1's Lion; the paper's "Lion" and
   "Signum" runs used P = 1e7 and so took ONE Muon step at t = 0 (at the warm-up lr): `first_step_muon=True`
   reproduces that quirk. Finite P always starts with a Muon step.
@@ -39,6 +39,7 @@ import math
 
 import torch
 
+from . import sign_kernels
 from .base import HybridOptimizer, check_betas, check_number, in_chunks
 from .newton_schulz import check_ns_args, rms_match_scale
 
@@ -115,7 +116,8 @@ class LionMuon(HybridOptimizer):
                 muon_params += ps
                 continue
             lr, wd = group["lr"] * group["lion_lr_ratio"], group["weight_decay"]
-            for ps_, gs, ms in in_chunks(ps, grads, bufs):  # Lion step: W ← W·(1 − ηL·wd) − ηL·sign(Ĝ)
+            rest = sign_kernels.dual_ema_sign_step(ps, grads, bufs, lr, wd, *betas)  # CPU: one pass, same bits
+            for ps_, gs, ms in in_chunks(*rest):  # Lion step: W ← W·(1 − ηL·wd) − ηL·sign(Ĝ)
                 directions = dual_ema(gs, ms, *betas)
                 if wd != 0:
                     torch._foreach_mul_(ps_, 1.0 - lr * wd)

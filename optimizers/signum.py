@@ -14,6 +14,7 @@ first_step_muon = true reproduces the runs; this class takes no Muon step. State
 
 import torch
 
+from . import sign_kernels
 from .base import HybridOptimizer, check_number, in_chunks
 
 
@@ -37,7 +38,8 @@ class Signum(HybridOptimizer):
     def _step(self, groups):
         for group, params, grads, exp_avgs in self._groups_with_grads(groups, "exp_avg"):
             lr, wd = group["lr"], group["weight_decay"]
-            for ps, gs, ms in in_chunks(params, grads, exp_avgs):  # cache-sized slices on CPU (base.in_chunks)
+            rest = sign_kernels.signum_step(params, grads, exp_avgs, lr, wd, group["momentum"])  # CPU: one pass
+            for ps, gs, ms in in_chunks(*rest):  # the others (CUDA, no compiler): cache-sized slices on CPU
                 torch._foreach_lerp_(ms, gs, 1.0 - group["momentum"])
                 if wd != 0:
                     torch._foreach_mul_(ps, 1.0 - lr * wd)

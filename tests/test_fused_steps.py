@@ -8,11 +8,13 @@ torch.equal on parameters and state after every step.
 """
 
 import math
+import shutil
 
 import pytest
 import torch
 
 import optimizers.base as base
+import optimizers.sign_kernels as sign_kernels
 from optimizers import Leo, Lion, LionMuon, SignMuon, Signum
 from optimizers.base import in_chunks
 from optimizers.newton_schulz import POLAR_EXPRESS, newton_schulz, orthogonalize, resolve_dtype
@@ -142,10 +144,20 @@ def compare(opt, params, old_step, steps=len(LRS), cancel=None):
             assert torch.equal(opt.state[p]["exp_avg"], m), f"step {t}, state of {tuple(p.shape)}"
 
 
-@pytest.fixture(params=["cpu_chunk", "tiny_chunk"])
+@pytest.fixture(params=["c_kernel", "torch_slices", "torch_tiny_slices"])
 def chunk(request, monkeypatch):
-    """The real chunk size, and a 1000-element one (every tensor but the smallest sliced, many batch boundaries)."""
-    if request.param == "tiny_chunk":
+    """The paths of a sign step on CPU: the one-pass C kernel (sign_kernels.py; split into ranges of ~100 elements
+    over 3 threads, so ranges start and end inside tensors), and the torch ops that run without a compiler, on the
+    real slices and on 1000-element ones (every tensor but the smallest sliced, many batch boundaries)."""
+    if request.param == "c_kernel":
+        if not sign_kernels.available():
+            assert shutil.which("cc") is None and shutil.which("gcc") is None, sign_kernels.status()
+            pytest.skip(f"no C compiler here: {sign_kernels.status()}")
+        monkeypatch.setattr(sign_kernels, "MIN_PARALLEL", 100)
+        monkeypatch.setattr(sign_kernels, "_threads", lambda: 3)
+    else:
+        monkeypatch.setattr(sign_kernels, "_run", lambda fn, params, grads, bufs, scalars: (params, grads, bufs))
+    if request.param == "torch_tiny_slices":
         monkeypatch.setattr(base, "CPU_CHUNK", 1000)
     return request.param
 
@@ -176,13 +188,60 @@ def test_lionmuon_lion_steps_bit_exact(chunk, cls, kwargs, betas):
     compare(opt, params, lambda p, g, m, lr: old_lionmuon_lion_step(p, g, m, lr * 0.2, 0.2, *betas), cancel=betas[0])
 
 
+SPECIAL = [0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e-45, -1e-45, 1e-38, 3e38, -3e38, 1.0, -1.0]
+
+
+@pytest.mark.parametrize("kind", ["lion", "signum", "dual_ema"])
+def test_sign_kernels_on_special_values(kind):
+    """±0, NaN, ±inf, denormals and near-overflow values in p, g and m, in every combination: the C kernel gives the
+    torch ops' bits (NaN payloads included), with and without weight decay."""
+    if not sign_kernels.available():
+        pytest.skip(f"no C kernel: {sign_kernels.status()}")
+    v = torch.tensor(SPECIAL)
+    n = len(SPECIAL)
+    p, g, m = (x.reshape(-1).contiguous() for x in torch.meshgrid(v, v, v, indexing="ij"))  # n³ combinations
+    p, g, m = p.repeat(3), g.repeat(3), m.repeat(3)  # > one vector width of each, and a ragged tail
+    assert p.numel() == 3 * n ** 3
+    for wd in (0.0, 0.1):
+        for lr in (1e-3, 0.7):
+            new = [p.clone()], [g.clone()], [m.clone()]
+            old = [p.clone()], [g.clone()], [m.clone()]
+            if kind == "lion":
+                rest = sign_kernels.lion_step(*new, lr, wd, 0.9, 0.99)
+                old_lion(*old, lr, wd, 0.9, 0.99)
+            elif kind == "signum":
+                rest = sign_kernels.signum_step(*new, lr, wd, 0.8)
+                old_signum(*old, lr, wd, 0.8)
+            else:
+                rest = sign_kernels.dual_ema_sign_step(*new, lr, wd, 0.9, 0.99)
+                old_lionmuon_lion_step(*old, lr, wd, 0.9, 0.99)
+            assert rest == ([], [], [])
+            for a, b in zip(new, old):
+                assert torch.equal(a[0].view(torch.int32), b[0].view(torch.int32)), (kind, wd, lr)
+
+
+def test_sign_kernels_take_what_they_can():
+    """fp32 contiguous CPU triples go to the kernel; a transposed gradient or another dtype comes back for the torch
+    code, in order."""
+    if not sign_kernels.available():
+        pytest.skip(f"no C kernel: {sign_kernels.status()}")
+    a, b, c = torch.randn(8, 8), torch.randn(4, 4, dtype=torch.float64), torch.randn(6, 5)
+    ps = [a.clone(), b.clone(), c.clone(), torch.randn(7)]
+    gs = [torch.randn(8, 8).mT, torch.randn(4, 4, dtype=torch.float64), torch.randn(6, 5), torch.randn(7)]
+    ms = [torch.zeros_like(x) for x in ps]
+    rest = sign_kernels.lion_step(ps, gs, ms, 1e-2, 0.0, 0.9, 0.99)
+    assert [x is y for x, y in zip(rest[0], ps[:2])] == [True, True] and len(rest[0]) == 2
+    assert torch.equal(ps[0], a) and torch.equal(ps[1], b)  # untouched: the caller steps them
+    assert not torch.equal(ps[2], c)  # stepped by the kernel
+
+
 def test_leo_bit_exact():
     params = make()
     opt = Leo(params, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.05, align_const=0.3)
     compare(opt, params, lambda p, g, m, lr: old_leo(p, g, m, lr, 0.05, 0.9, 0.99, 0.3, 1e-8))
 
 
-def test_lion_bit_exact_over_more_steps():
+def test_lion_bit_exact_over_more_steps(chunk):
     # a longer run: momentum built up over 12 steps, parameters decayed 12 times
     params = make([(1031, 1019), (37,)], seed=3)
     opt = Lion(params, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
@@ -240,4 +299,4 @@ def test_in_chunks_covers_every_element_once():
             seen += x.numel()
     assert seen == sum(t.numel() for t in ts)
     assert all(torch.equal(t, torch.ones_like(t)) for t in ts)
-    assert list(in_chunks([], [])) == [([], [])]
+    assert list(in_chunks([], [])) == []  # nothing to step: no batch (a foreach op refuses empty lists)
