@@ -16,7 +16,7 @@ Sources:
 What is written (the conventions of llm.c's `dev/data/fineweb.py` and modded-nanogpt's `data/fineweb.py`):
   - Every document is preceded by <|endoftext|> (50256), so documents are separated by it and a model sees a
     document start after every EOT. Text is encoded with `encode_ordinary` (a literal "<|endoftext|>" in the text
-    is plain text, never the special token).
+    is plain text, never the special token). An empty document (an empty hub record) adds nothing, not even an EOT.
   - DIR/{source}_{train|val}_{index:06d}.bin: shards of --shard-tokens tokens (the last one shorter), in the llm.c
     format of data/shards.py; DIR/meta.json: source, token and document counts, tokenizer, split rule, shards.
   - Train/val split, deterministic: a single text file is cut like nanoGPT's data/shakespeare/prepare.py (the
@@ -25,8 +25,16 @@ What is written (the conventions of llm.c's `dev/data/fineweb.py` and modded-nan
     text (so exact duplicates always land in the same split). wikitext103 keeps its official splits.
 
 Without network, a hub source reads a local copy of its dataset: `--dataset DIR`, a directory of its parquet/json
-files (e.g. from `hf download HuggingFaceFW/fineweb --repo-type dataset --include 'sample/10BT/*' --local-dir DIR`);
-an unreachable Hub is one error line after a single bounded request, not datasets' retries and traceback.
+files (e.g. from `hf download HuggingFaceFW/fineweb --repo-type dataset --include 'sample/10BT/*' --local-dir DIR`),
+laid out as on the Hub and read by the same `datasets.load_dataset(..., streaming=True)` call. Its README.md, when
+downloaded, names the files of each config; without it, the config's folder is read when DIR has one (fineweb's
+sample/10BT, wikitext's wikitext-103-raw-v1), else all of DIR; the splits come from the file and folder names
+(train-*, validation-*, train/, ...). SlimPajama's .jsonl.zst files need the package zstandard.
+An unreachable Hub is one error line after a single bounded request, not datasets' retries and traceback.
+
+A run writes into a staging directory beside --out (`<out>.partial-<pid>-*`) and installs the finished shards and
+meta.json only at the end: a new --out appears whole, by one rename, so a crashed or killed run leaves no shard in
+it (a rerun starts again; staging directories of runs that are no longer alive are removed).
 
 Memory stays bounded whatever the corpus size: documents are streamed (hub datasets with streaming=True, files in
 chunks), long documents are cut into pieces at points where GPT-2's pre-tokenizer is guaranteed to split anyway
@@ -58,19 +66,32 @@ from data.tokenizer import EOT, N_VOCAB, get_gpt2_encoding, gpt2_encoding_source
 from errors import ConfigError, DataError, main_guard
 
 
+def _fineweb_config_dir(config: str) -> str:
+    """The folder of a fineweb(-edu) config in the Hub repository: sample-10BT -> sample/10BT, CC-MAIN-2024-10 ->
+    data/CC-MAIN-2024-10."""
+    return config.replace("sample-", "sample/", 1) if config.startswith("sample-") else f"data/{config}"
+
+
 @dataclass(frozen=True)
 class HubSource:
     path: str  # Hugging Face dataset repository
     name: str | None  # dataset config
     splits: dict | None = None  # {"train": hub split, "val": hub split}; None = hash-split the hub's "train"
+    config_dir: object = None  # config -> its folder in the repository (a local copy without the README's configs)
 
 
 HUB_SOURCES = {
+    # plain_text/train-000NN-of-000MM.parquet: one "train" split
     "openwebtext": HubSource("Skylion007/openwebtext", None),
-    "fineweb": HubSource("HuggingFaceFW/fineweb", "sample-10BT"),
-    "fineweb-edu": HubSource("HuggingFaceFW/fineweb-edu", "sample-10BT"),
+    "fineweb": HubSource("HuggingFaceFW/fineweb", "sample-10BT", config_dir=_fineweb_config_dir),
+    "fineweb-edu": HubSource("HuggingFaceFW/fineweb-edu", "sample-10BT", config_dir=_fineweb_config_dir),
+    # train/chunkK/example_train_N.jsonl.zst (zstd JSON lines, {"text", "meta"}), plus validation/ and test/ folders
+    # (example_holdout_N.jsonl.zst), which are never read: only the "train" split is streamed and hash-split
     "slimpajama": HubSource("cerebras/SlimPajama-627B", None),
-    "wikitext103": HubSource("Salesforce/wikitext", "wikitext-103-raw-v1", {"train": "train", "val": "validation"}),
+    # wikitext-103-raw-v1/{train-0000K-of-00002,validation-00000-of-00001,test-00000-of-00001}.parquet, one line per
+    # record, beside the folders of the other configs (wikitext-2-raw-v1, ...); test is never read
+    "wikitext103": HubSource("Salesforce/wikitext", "wikitext-103-raw-v1", {"train": "train", "val": "validation"},
+                             config_dir=lambda config: config),
 }
 LOCAL_SOURCES = ("shakespeare", "text")
 DOWNLOAD_SOURCES = ("fineweb10b-gpt2",)  # pre-tokenized shards, fetched file by file (download_shards)
@@ -254,9 +275,32 @@ def shakespeare_documents(val_fraction: float):
 _WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")  # " = Title = " starts an article; " = = Section = = " does not
 
 
+_CODEC_PACKAGES = {"zstd": "zstandard", "lz4": "lz4", "snappy": "python-snappy"}
+
+
+def _missing_codec(e: ValueError, where: str) -> DataError | None:
+    """fsspec's error for a compressed file whose codec package is not installed, as one line naming the package."""
+    codec = re.fullmatch(r"Compression type (\w+) not supported", str(e))
+    if not codec:
+        return None
+    package = _CODEC_PACKAGES.get(codec.group(1), codec.group(1))
+    return DataError(f"{where} holds {codec.group(1)}-compressed files, which datasets reads only with the package "
+                     f"{package}; `pip install {package}`")
+
+
 def record_texts(records, where: str):
     """The "text" field of each hub record (None counts as empty)."""
-    for rec in records:
+    records = iter(records)
+    while True:
+        try:
+            rec = next(records)
+        except StopIteration:
+            return
+        except ValueError as e:
+            err = _missing_codec(e, where)
+            if err is None:
+                raise
+            raise err from None
         try:
             yield rec["text"] or ""
         except KeyError:
@@ -345,19 +389,31 @@ def hub_documents(source: str, val_fraction: float, name: str | None, dataset: s
     hub = HUB_SOURCES[source]
     local = _is_local(dataset)
     path, config = (os.path.abspath(dataset) if local else dataset or hub.path), name or hub.name
-    if local and name is None and hub.name is not None:
+    data_dir = None
+    if local and config is not None:
         # A full download (with the hub's README.md) declares the hub's configs; a folder of data files has only one
-        # ("default"), which is then the data that was downloaded.
+        # ("default"): then the config's folder is read if the copy has it (fineweb's sample/10BT, beside other
+        # samples), else the whole folder, which is then the data that was downloaded.
         try:
-            if hub.name not in datasets.get_dataset_config_names(path):
-                config = None
+            declared = datasets.get_dataset_config_names(path)
         except FileNotFoundError as e:
             raise _no_data_files(path, e) from None
+        if config not in declared:
+            sub = hub.config_dir(config) if hub.config_dir else None
+            if sub and os.path.isdir(os.path.join(path, sub)):
+                data_dir = sub
+            elif name is not None:
+                raise DataError(f"--dataset {path} has no config {name} (its configs: {', '.join(declared)})"
+                                f"{f' and no folder {sub}' if sub else ''}; drop "
+                                f"--name to read all of its files, or point --dataset at that config's files")
+            config = None
     elif not local:
         check_hub_reachable(path, source, revision)
 
     def stream(split):
         kwargs = dict(name=config, split=split, streaming=True)
+        if data_dir:
+            kwargs["data_dir"] = data_dir
         if revision:
             kwargs["revision"] = revision
         try:
@@ -372,7 +428,13 @@ def hub_documents(source: str, val_fraction: float, name: str | None, dataset: s
             return _load(dict(kwargs, revision="refs/convert/parquet"))
 
     def _load(kwargs):
+        # A streaming dataset imports torch to share its epoch counter with DataLoader workers (datasets 5.2,
+        # IterableDataset.__init__): 200 MB of RSS and 2-3 s that tokenizing never uses, unless torch is loaded anyway.
+        ds_config = getattr(datasets, "config", None)
+        hide_torch = "torch" not in sys.modules and getattr(ds_config, "TORCH_AVAILABLE", False) is True
         try:
+            if hide_torch:
+                ds_config.TORCH_AVAILABLE = False
             return datasets.load_dataset(path, **kwargs)
         except (ConnectionError, TimeoutError) as e:  # e.g. offline mode without the files, or the network went away
             raise _unreachable(path, source, f"{type(e).__name__}: {e}") from None
@@ -380,8 +442,17 @@ def hub_documents(source: str, val_fraction: float, name: str | None, dataset: s
             if not local:
                 raise
             raise _no_data_files(path, e) from None
+        except ValueError as e:
+            err = _missing_codec(e, path)
+            if err is None:
+                raise
+            raise err from None
+        finally:
+            if hide_torch:
+                ds_config.TORCH_AVAILABLE = True
 
-    where = f"{path}" + (f" (config {config})" if config else "") + (f" @ {revision}" if revision else "")
+    where = (f"{path}" + (f"/{data_dir}" if data_dir else "") + (f" (config {config})" if config else "")
+             + (f" @ {revision}" if revision else ""))
     if hub.splits:
         rule = f"the dataset's own splits: train = {hub.splits['train']}, val = {hub.splits['val']}"
 
@@ -494,13 +565,49 @@ def _check_out(out: str, overwrite: bool) -> None:
                         f"meta.json, or choose another --out")
 
 
+def _staging_prefix(out: str) -> str:
+    return os.path.basename(os.path.abspath(out)) + ".partial-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
+
+
+def _remove_dead_staging(out: str) -> None:
+    """Remove the staging directories `<out>.partial-<pid>-*` left by runs that were killed (their pid is gone), so
+    crashed runs do not pile up half-written shards beside --out; those of a live run are left alone."""
+    parent, prefix = os.path.dirname(os.path.abspath(out)), _staging_prefix(out)
+    for name in os.listdir(parent):
+        m = re.fullmatch(re.escape(prefix) + r"(\d+)-\w+", name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
 def _install(staging: str, out: str) -> None:
-    """Move the finished files from `staging` into `out`, replacing old shards and meta.json (never anything else)."""
-    os.makedirs(out, exist_ok=True)
-    for name in os.listdir(out):
+    """Move the finished files from `staging` into `out`, replacing old shards and meta.json (never anything else).
+
+    A new (or empty) `out` is the staging directory renamed, in one step: it never holds part of the shards. Into
+    an existing one (--overwrite), the old meta.json goes first and the new one comes last, so a directory with a
+    meta.json holds all of its shards."""
+    if not os.path.isdir(out) or not os.listdir(out):
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 -> what makedirs would have given
+        if os.path.isdir(out):
+            os.rmdir(out)
+        os.replace(staging, out)
+        return
+    old = sorted(os.listdir(out), key=lambda n: (n != "meta.json", n))
+    for name in old:
         if name.endswith(".bin") or name == "meta.json":
             os.remove(os.path.join(out, name))
-    for name in sorted(os.listdir(staging)):
+    for name in sorted(os.listdir(staging), key=lambda n: (n == "meta.json", n)):
         os.replace(os.path.join(staging, name), os.path.join(out, name))
 
 
@@ -716,7 +823,8 @@ def prepare(source: str, out: str, inputs=(), *, name: str | None = None, datase
     parent = os.path.dirname(os.path.abspath(out))
     try:  # the first write: an unwritable --out (read-only filesystem, permissions) is one line, nothing written
         os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".partial-", dir=parent)
+        _remove_dead_staging(out)
+        staging = tempfile.mkdtemp(prefix=f"{_staging_prefix(out)}{os.getpid()}-", dir=parent)
     except OSError as e:
         raise DataError(f"cannot write into {parent} ({e.strerror or e}); choose a writable --out") from None
     t0 = time.time()

@@ -98,8 +98,20 @@ def test_local_copy_of_a_hub_dataset(tmp_path, monkeypatch, with_readme):
     meta = P.prepare("fineweb", str(tmp_path / "out"), dataset=str(local), workers=1, val_fraction=0.1,
                      progress=False)
     docs = sum(s["documents"] for s in meta["splits"].values())
-    assert docs == (200 if with_readme else 205)  # with the README: only the sample-10BT config
-    assert meta["inputs"].startswith(str(local)) and ("config sample-10BT" in meta["inputs"]) == with_readme
+    # only the sample-10BT config: the README's files, or without it the config's folder sample/10BT
+    assert docs == 200
+    assert meta["inputs"] == str(local) + (" (config sample-10BT)" if with_readme else "/sample/10BT")
+    # a folder that is only some data files (no config folder, no README): all of them are the data
+    flat = P.prepare("fineweb", str(tmp_path / "flat"), dataset=str(local / "sample"), workers=1, val_fraction=0.1,
+                     progress=False)
+    assert sum(s["documents"] for s in flat["splits"].values()) == 205 and flat["inputs"] == str(local / "sample")
+    if not with_readme:
+        with pytest.raises(DataError, match="has no config sample-350BT .*no folder sample/350BT"):
+            P.prepare("fineweb", str(tmp_path / "o350"), dataset=str(local), name="sample-350BT", workers=1,
+                      progress=False)
+        meta = P.prepare("fineweb", str(tmp_path / "o100"), dataset=str(local), name="sample-100BT", workers=1,
+                         val_fraction=0.1, progress=False)
+        assert meta["inputs"] == str(local / "sample" / "100BT")
 
     with pytest.raises(DataError, match="is not a directory"):
         P.prepare("fineweb", str(tmp_path / "out2"), dataset=str(tmp_path / "nope"), workers=1, progress=False)
