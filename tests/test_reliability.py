@@ -531,19 +531,39 @@ def test_sigkill_of_the_torchrun_agent_stops_its_workers_at_a_checkpoint(byte_da
     agent = subprocess.Popen([sys.executable, "launch.py", "--standalone", "--nproc_per_node=2", "train.py",
                               *args(byte_data, run_dir, "--train.max_steps=400")], cwd=ROOT, env=env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    rest = {"stdout": [], "stderr": []}
+    drain = ThreadPoolExecutor(2)
     try:
         _wait_for_step(agent, 3)
+        # keep reading what the workers print (they share the agent's pipes): a worker must never block on a full
+        # pipe that nobody reads, which is this test's doing, not a terminal's or a log file's
+        for name in rest:
+            drain.submit(lambda f, out: out.extend(f), getattr(agent, name), rest[name])
         agent.kill()
         agent.wait(timeout=30)
         deadline = time.time() + 120
         while time.time() < deadline and subprocess.run(["pgrep", "-f", run_dir], capture_output=True).stdout:
             time.sleep(0.5)
         left = subprocess.run(["pgrep", "-f", run_dir], capture_output=True, text=True).stdout.split()
+        where = {pid: _process_state(pid) for pid in left}
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(agent.pid, signal.SIGKILL)
-    assert not left, f"workers still running after their agent died: {left}"
+        drain.shutdown(wait=False)
+    assert not left, (f"workers still running after their agent died: {where}\n"
+                      f"stdout: {''.join(rest['stdout'])[-1500:]}\nstderr: {''.join(rest['stderr'])[-3000:]}")
     assert ckpt.list_checkpoints(run_dir), "the workers stopped without a checkpoint"
+
+
+def _process_state(pid: str) -> str:
+    """A process's state and kernel wait channel, for the message of a test that finds it still running."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            state = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("State:")), "?")
+        with open(f"/proc/{pid}/wchan") as f:
+            return f"{state}, waiting in {f.read().strip() or '-'}"
+    except OSError as e:
+        return f"gone ({e.strerror})"
 
 
 # ----------------------------------------------------------------------------- one writer per run dir
