@@ -278,14 +278,14 @@ _WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")  # " = Title = " starts an artic
 _CODEC_PACKAGES = {"zstd": "zstandard", "lz4": "lz4", "snappy": "python-snappy"}
 
 
-def _missing_codec(e: ValueError, where: str) -> DataError | None:
-    """fsspec's error for a compressed file whose codec package is not installed, as one line naming the package."""
+def raise_if_missing_codec(e: ValueError, where: str) -> None:
+    """fsspec's error for a compressed file whose codec package is not installed, raised as one line naming the
+    package; any other ValueError returns (for the caller to re-raise)."""
     codec = re.fullmatch(r"Compression type (\w+) not supported", str(e))
-    if not codec:
-        return None
-    package = _CODEC_PACKAGES.get(codec.group(1), codec.group(1))
-    return DataError(f"{where} holds {codec.group(1)}-compressed files, which datasets reads only with the package "
-                     f"{package}; `pip install {package}`")
+    if codec:
+        package = _CODEC_PACKAGES.get(codec.group(1), codec.group(1))
+        raise DataError(f"{where} holds {codec.group(1)}-compressed files, which datasets reads only with the "
+                        f"package {package}; `pip install {package}`") from None
 
 
 def record_texts(records, where: str):
@@ -297,10 +297,8 @@ def record_texts(records, where: str):
         except StopIteration:
             return
         except ValueError as e:
-            err = _missing_codec(e, where)
-            if err is None:
-                raise
-            raise err from None
+            raise_if_missing_codec(e, where)
+            raise
         try:
             yield rec["text"] or ""
         except KeyError:
@@ -443,10 +441,8 @@ def hub_documents(source: str, val_fraction: float, name: str | None, dataset: s
                 raise
             raise _no_data_files(path, e) from None
         except ValueError as e:
-            err = _missing_codec(e, path)
-            if err is None:
-                raise
-            raise err from None
+            raise_if_missing_codec(e, path)
+            raise
         finally:
             if hide_torch:
                 ds_config.TORCH_AVAILABLE = True
