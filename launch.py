@@ -1,8 +1,9 @@
-"""What a train.py process needs around the training loop: torch.distributed setup, the SIGINT/SIGTERM handler,
-and the fatal-error file that keeps torchrun from restarting a deterministic failure (run.sh sets it), plus the
-translation of an unwritable run directory into one line.
+"""What a train.py process needs around the training loop: torch.distributed setup and the end of a worker process
+(run_process), the SIGINT/SIGTERM handler, the fatal-error file that keeps torchrun from restarting a deterministic
+failure (run.sh sets it), and the translation of an unwritable run directory into one line.
 """
 
+import atexit
 import errno
 import logging
 import os
@@ -70,7 +71,46 @@ def setup_distributed(device_choice: str):
     store = dist.PrefixStore(f"nanoptim/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world_size,
                             device_id=device if use_cuda else None)
+    global _WORLD_GROUP
+    _WORLD_GROUP = dist.group.WORLD  # kept until the process ends: see run_process
     return True, rank, local_rank, world_size, device
+
+
+_WORLD_GROUP = None  # the process group of setup_distributed, never freed before os._exit (run_process)
+
+
+def run_process(main) -> None:
+    """Run a script's `main` (main_guard(main)); a process that started a process group then ends here, with the
+    exit code Python would give it, through os._exit after the exit handlers and a flush of stdout/stderr (what
+    multiprocessing's children do), skipping the interpreter's finalization.
+
+    Why: gloo's run-loop thread releases each finished collective's tensors a moment after the caller's wait()
+    returned, and freeing a tensor that Python held takes the GIL. If the process group is freed before that, with
+    the GIL held (DDP's Reducer frees it so, when the model goes with the last reference to the group), its
+    destructor joins that thread, which waits for the GIL: the process hangs forever (seen in CI: a worker asleep
+    on a futex after its stop line). If the moment comes during finalization, the thread is killed inside a C++
+    destructor ("terminate called without an active exception", SIGABRT). So setup_distributed keeps a reference
+    to the group (no Reducer ever frees it) and the process never finalizes. pytorch/pytorch#56297."""
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        if _WORLD_GROUP is None:
+            raise
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if not isinstance(e.code, int | None):
+            print(e.code, file=sys.stderr)
+    except BaseException as e:
+        if _WORLD_GROUP is None:
+            raise
+        sys.excepthook(type(e), e, e.__traceback__)  # the traceback Python would print
+        code = 128 + signal.SIGINT if isinstance(e, KeyboardInterrupt) else 1
+    if _WORLD_GROUP is None:
+        return
+    atexit._run_exitfuncs()  # wandb's finish, logging's flush, torch.compile's worker pool: what an exit runs first
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 # Each one stops the run at the end of the current step with a checkpoint, exit code 128 + signal, never restarted:

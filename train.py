@@ -400,5 +400,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    launch.run_process(lambda: main_guard(main))  # a torchrun worker ends inside (os._exit: see run_process)
     sys.exit(0)

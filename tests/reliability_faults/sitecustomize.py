@@ -10,6 +10,7 @@ functions wrapped in the train.py processes only (warm_cli.py calls install() di
     hook "replace"  os.replace, for destination paths matching "match" (the commit point of every atomic write)
     hook "remove"   os.remove, for paths matching "match" (keep_last pruning)
     hook "open"     builtins.open in a writing mode, for paths matching "match"
+    hook "init"     torch.distributed.init_process_group
 
 A fault fires at the n-th matching call in its process (1-based; "step" n = 5 is step 4 of a fresh run) and does
 "action":
@@ -21,6 +22,9 @@ A fault fires at the n-th matching call in its process (1-based; "step" n = 5 is
     inf_grad       (step) write +inf into the first gradient before the norm is taken
     inf_weight     (step) write +inf into the first weight (the update keeps it non-finite)
     wreck_weights  (step) multiply every weight by 1e10: finite but wrecked (every later loss non-finite)
+    starve_threads (init) pin the process to one CPU and give the threads the call started (gloo's run loops)
+                   SCHED_IDLE: they run only while the main thread waits, so each releases a finished collective
+                   only after the main thread has moved on, the worst case of that race, made certain
 Optional keys: "rank" (fire only in the process with this RANK), "once" (a file path: fire only if it does not
 exist yet, creating it first, so a restarted process runs clean).
 """
@@ -140,6 +144,24 @@ def install(faults):
         return real_open(file, mode, *args, **kwargs)
 
     os.replace, os.remove, builtins.open = replace, remove, open_
+
+    import torch.distributed as dist
+
+    real_init = dist.init_process_group
+
+    def init_process_group(*args, **kwargs):
+        f = due("init")
+        before = set(os.listdir("/proc/self/task"))
+        out = real_init(*args, **kwargs)
+        if f and f["action"] == "starve_threads":
+            cpu = {min(os.sched_getaffinity(0))}
+            for tid in os.listdir("/proc/self/task"):  # (affinity is per thread)
+                os.sched_setaffinity(int(tid), cpu)
+                if tid not in before:
+                    os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+        return out
+
+    dist.init_process_group = init_process_group
 
 
 _spec = os.environ.get("NANOPTIM_TEST_FAULTS")
