@@ -27,7 +27,10 @@ the same parameter set (all parameters, no routing; Muon: the hidden matrices), 
 each repeat, and prints each one's ratio to the fastest library: torch.optim (AdamW foreach and fused, Muon),
 lion-pytorch, pytorch-optimizer (AdamW, Lion foreach and per-parameter, SignSGD = Signum, Muon) and heavyball
 (AdamW, Muon; its eager path, compile_step=False). A library that is not installed is skipped with a note
-(pip install lion-pytorch pytorch-optimizer heavyball: benchmark-only dependencies).
+(pip install lion-pytorch pytorch-optimizer heavyball: benchmark-only dependencies). The three Muons hard-code bf16
+Newton–Schulz; on a CPU without bf16 matrix units (where ours runs NS in fp32) they are skipped with a step time
+estimated from the measured bf16 matmul rate, and pytorch-optimizer's Muon runs with its NS function given fp32,
+the like-for-like row.
 """
 
 import argparse
@@ -268,7 +271,46 @@ def library_rows(algorithm, params, hidden):
              lambda: po.Muon([dict(params=hidden, use_muon=True)], lr=0.02, momentum=0.95))] if po else [])
         + ([("heavyball Muon (eager)", False, lambda: hb.Muon(hidden, lr=0.02, compile_step=False))] if hb else []),
     }
+    ns_dtype = resolve_dtype("auto", hidden[0])
+    if algorithm == "muon (hidden)" and ns_dtype != torch.bfloat16:
+        # The libraries hard-code bf16 NS, which a CPU without bf16 matrix units emulates (~70x slower than fp32 on
+        # a 2-core EPYC without AVX512): too slow to time. They are skipped with an estimate (bf16_skip_note) and
+        # pytorch-optimizer's own step runs with its NS function given our NS dtype: the like-for-like comparison.
+        rows[algorithm] = [rows[algorithm][0]] + ([(
+            f"pytorch-optimizer Muon, its NS in {str(ns_dtype)[6:]}", False,
+            lambda: WithNSDtype(po.Muon([dict(params=hidden, use_muon=True)], lr=0.02, momentum=0.95), ns_dtype))]
+            if po else [])
     return rows[algorithm]
+
+
+class WithNSDtype:
+    """pytorch-optimizer's Muon with its zero_power_via_newton_schulz_5 called with dtype=`dtype` (it passes none,
+    so the function's bf16 default applies): the library's code in the NS dtype ours uses on this device."""
+
+    def __init__(self, opt, dtype):
+        import functools
+
+        from pytorch_optimizer.optimizer.muon import base
+
+        self.opt, self.base = opt, base
+        self.ns = functools.partial(base.zero_power_via_newton_schulz_5, dtype=dtype)
+
+    def step(self):
+        real = self.base.zero_power_via_newton_schulz_5
+        self.base.zero_power_via_newton_schulz_5 = self.ns
+        try:
+            self.opt.step()
+        finally:
+            self.base.zero_power_via_newton_schulz_5 = real
+
+
+def bf16_skip_note(device, hidden) -> str:
+    """Why the bf16-NS libraries are not timed on this CPU, with their step time estimated from the FLOPs."""
+    flops = sum(ns_matmul_flops(p.size(0), p.size(1), 5) for p in hidden)
+    bf16, fp32 = (matmul_rate(device, dt, 512) for dt in (torch.bfloat16, torch.float32))
+    return (f"torch.optim.Muon, pytorch-optimizer and heavyball run NS in bf16, which this CPU emulates (512² matmul: "
+            f"bf16 {bf16 / 1e9:.2f} GFLOP/s, float32 {fp32 / 1e9:.1f}): not timed; their NS alone would take "
+            f"≈{flops / bf16:.0f} s per step ({flops:.3g} FLOPs at that rate)")
 
 
 def compare_libraries(args, device, malloc):
@@ -289,6 +331,9 @@ def compare_libraries(args, device, malloc):
         if only and algorithm not in only:
             continue
         runners = []
+        if algorithm == "muon (hidden)" and resolve_dtype("auto", hidden[0]) != torch.bfloat16:
+            note = bf16_skip_note(device, hidden)
+            print(f"| {algorithm} | (libraries, as shipped) | skipped: {note} | |", flush=True)
         for label, ours, make in library_rows(algorithm, params, hidden):
             try:
                 opt = make()

@@ -155,12 +155,14 @@ def resolve_dtype(ns_dtype: str, like: torch.Tensor) -> torch.dtype:
 
 
 def newton_schulz(G: torch.Tensor, steps: int = 5, coefficients: str = "kellerjordan", eps: float = NS_EPS,
-                  dtype: torch.dtype | None = None) -> torch.Tensor:
+                  dtype: torch.dtype | None = None, overwrite: bool = False) -> torch.Tensor:
     """Orthogonalise G (…, m, n) by `steps` Newton–Schulz iterations; returns a new tensor in `dtype` (default G's).
 
     Leading dimensions are a batch: every matrix is normalised by its own Frobenius norm and iterated independently.
     The iteration writes into three buffers allocated once (A, B and the next X; the previous X is reused), as
     pytorch-optimizer's zero_power_via_newton_schulz_5 does: the same matmuls as fresh tensors, bit for bit.
+    overwrite=True lets it normalise G in place (G is the caller's scratch buffer, as in orthogonalize): one
+    G-sized allocation and pass fewer, the same bits.
     """
     assert G.ndim >= 2, "newton_schulz needs a matrix or a batch of matrices"
     schedule, scale = coefficient_schedule(coefficients, steps)
@@ -168,7 +170,8 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, coefficients: str = "kellerjo
     transposed = X.size(-2) > X.size(-1)
     if transposed:  # iterate on the wide orientation: the Gram matrix X Xᵀ is then r×r, r = min(m, n)
         X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) * scale + eps)  # ‖X‖₂ ≤ ‖X‖_F, so singular values start in [0, 1]
+    norm = X.norm(dim=(-2, -1), keepdim=True) * scale + eps  # ‖X‖₂ ≤ ‖X‖_F: singular values start in [0, 1]
+    X = X.div_(norm) if overwrite or X.data_ptr() != G.data_ptr() else X / norm  # in place only in our own copy
     if X.ndim > 3:
         X = X.reshape(-1, X.size(-2), X.size(-1))
     mm, addmm = (torch.mm, torch.addmm) if X.ndim == 2 else (torch.bmm, torch.baddbmm)
@@ -232,7 +235,7 @@ def _run_buckets(mats, buckets, steps, coefficients, dtype, eps):
         # tall matrices enter transposed (NS(Gᵀ) = NS(G)ᵀ), so tall and wide matrices of the same (r, c) share a batch
         srcs = [mats[i].mT if mats[i].size(0) > mats[i].size(1) else mats[i] for i in idx]
         torch._foreach_copy_(list(X.unbind(0)), srcs)
-        yield (r, c), idx, newton_schulz(X, steps, coefficients, eps)
+        yield (r, c), idx, newton_schulz(X, steps, coefficients, eps, overwrite=True)
 
 
 def orthogonalize(mats: list[torch.Tensor], steps: int = 5, coefficients: str = "kellerjordan",
