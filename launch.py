@@ -94,23 +94,27 @@ def run_process(main) -> None:
     try:
         main()
         code = 0
-    except SystemExit as e:
-        if _WORLD_GROUP is None:
-            raise
-        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
-        if not isinstance(e.code, int | None):
-            print(e.code, file=sys.stderr)
     except BaseException as e:
         if _WORLD_GROUP is None:
             raise
-        sys.excepthook(type(e), e, e.__traceback__)  # the traceback Python would print
-        code = 128 + signal.SIGINT if isinstance(e, KeyboardInterrupt) else 1
+        code = _exit_code(e)
     if _WORLD_GROUP is None:
         return
     atexit._run_exitfuncs()  # wandb's finish, logging's flush, torch.compile's worker pool: what an exit runs first
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
+
+
+def _exit_code(e: BaseException) -> int:
+    """The exit code Python gives a process that `e` ends, after printing what Python would print."""
+    if isinstance(e, SystemExit):
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    sys.excepthook(type(e), e, e.__traceback__)
+    return 128 + signal.SIGINT if isinstance(e, KeyboardInterrupt) else 1
 
 
 # Each one stops the run at the end of the current step with a checkpoint, exit code 128 + signal, never restarted:

@@ -243,6 +243,17 @@ def library_rows(algorithm, params, hidden):
     lion_pt, po, hb = library("lion_pytorch"), library("pytorch_optimizer"), library("heavyball")
     adamw = dict(lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     lion = dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1)
+    def po_muon():
+        return po.Muon([dict(params=hidden, use_muon=True)], lr=0.02, momentum=0.95)
+
+    if bf16_emulated(hidden):  # the libraries' bf16 NS is too slow to time here (bf16_skip_note): like for like
+        ns_dtype = resolve_dtype("auto", hidden[0])
+        muon_libraries = [(f"pytorch-optimizer Muon, its NS in {str(ns_dtype)[6:]}", False,
+                           lambda: WithNSDtype(po_muon(), ns_dtype))] if po else []
+    else:
+        muon_libraries = [("torch.optim.Muon", False, lambda: torch.optim.Muon(hidden, lr=0.02, momentum=0.95))] \
+            + ([("pytorch-optimizer Muon", False, po_muon)] if po else []) \
+            + ([("heavyball Muon (eager)", False, lambda: hb.Muon(hidden, lr=0.02, compile_step=False))] if hb else [])
     rows = {
         "adamw": [("ours: optimizers.AdamW", True, lambda: AdamW(params, **adamw)),
                   ("torch.optim.AdamW foreach", False, lambda: torch.optim.AdamW(params, **adamw, foreach=True)),
@@ -265,22 +276,15 @@ def library_rows(algorithm, params, hidden):
         "lionmuon lion step (hidden)": [
             ("ours: optimizers.LionMuon, period=inf", True, lambda: LionMuon(hidden, period=math.inf)),
             ("ours, torch ops (the previous code)", False, lambda: TorchOpsOnly(LionMuon(hidden, period=math.inf)))],
-        "muon (hidden)": [("ours: optimizers.Muon", True, lambda: Muon(hidden)),
-                          ("torch.optim.Muon", False, lambda: torch.optim.Muon(hidden, lr=0.02, momentum=0.95))]
-        + ([("pytorch-optimizer Muon", False,
-             lambda: po.Muon([dict(params=hidden, use_muon=True)], lr=0.02, momentum=0.95))] if po else [])
-        + ([("heavyball Muon (eager)", False, lambda: hb.Muon(hidden, lr=0.02, compile_step=False))] if hb else []),
+        "muon (hidden)": [("ours: optimizers.Muon", True, lambda: Muon(hidden))] + muon_libraries,
     }
-    ns_dtype = resolve_dtype("auto", hidden[0])
-    if algorithm == "muon (hidden)" and ns_dtype != torch.bfloat16:
-        # The libraries hard-code bf16 NS, which a CPU without bf16 matrix units emulates (~70x slower than fp32 on
-        # a 2-core EPYC without AVX512): too slow to time. They are skipped with an estimate (bf16_skip_note) and
-        # pytorch-optimizer's own step runs with its NS function given our NS dtype: the like-for-like comparison.
-        rows[algorithm] = [rows[algorithm][0]] + ([(
-            f"pytorch-optimizer Muon, its NS in {str(ns_dtype)[6:]}", False,
-            lambda: WithNSDtype(po.Muon([dict(params=hidden, use_muon=True)], lr=0.02, momentum=0.95), ns_dtype))]
-            if po else [])
     return rows[algorithm]
+
+
+def bf16_emulated(hidden) -> bool:
+    """Whether ours runs NS in another dtype than bf16 here (a CPU without bf16 matrix units: resolve_dtype), so
+    that the libraries' hard-coded bf16 NS runs emulated."""
+    return resolve_dtype("auto", hidden[0]) != torch.bfloat16
 
 
 class WithNSDtype:
@@ -331,7 +335,7 @@ def compare_libraries(args, device, malloc):
         if only and algorithm not in only:
             continue
         runners = []
-        if algorithm == "muon (hidden)" and resolve_dtype("auto", hidden[0]) != torch.bfloat16:
+        if algorithm == "muon (hidden)" and bf16_emulated(hidden):
             note = bf16_skip_note(device, hidden)
             print(f"| {algorithm} | (libraries, as shipped) | skipped: {note} | |", flush=True)
         for label, ours, make in library_rows(algorithm, params, hidden):

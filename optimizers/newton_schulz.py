@@ -166,12 +166,13 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, coefficients: str = "kellerjo
     """
     assert G.ndim >= 2, "newton_schulz needs a matrix or a batch of matrices"
     schedule, scale = coefficient_schedule(coefficients, steps)
-    X = G.to(dtype) if dtype is not None else G
+    copied = dtype is not None and dtype != G.dtype  # G.to(dtype) is then our own copy
+    X = G.to(dtype) if copied else G
     transposed = X.size(-2) > X.size(-1)
     if transposed:  # iterate on the wide orientation: the Gram matrix X Xᵀ is then r×r, r = min(m, n)
         X = X.mT
     norm = X.norm(dim=(-2, -1), keepdim=True) * scale + eps  # ‖X‖₂ ≤ ‖X‖_F: singular values start in [0, 1]
-    X = X.div_(norm) if overwrite or X.data_ptr() != G.data_ptr() else X / norm  # in place only in our own copy
+    X = X.div_(norm) if overwrite or copied else X / norm
     if X.ndim > 3:
         X = X.reshape(-1, X.size(-2), X.size(-1))
     mm, addmm = (torch.mm, torch.addmm) if X.ndim == 2 else (torch.bmm, torch.baddbmm)
