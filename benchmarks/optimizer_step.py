@@ -276,7 +276,10 @@ def library_rows(algorithm, params, hidden):
         "lionmuon lion step (hidden)": [
             ("ours: optimizers.LionMuon, period=inf", True, lambda: LionMuon(hidden, period=math.inf)),
             ("ours, torch ops (the previous code)", False, lambda: TorchOpsOnly(LionMuon(hidden, period=math.inf)))],
-        "muon (hidden)": [("ours: optimizers.Muon", True, lambda: Muon(hidden))] + muon_libraries,
+        "muon (hidden)": [("ours: optimizers.Muon", True, lambda: Muon(hidden))]
+        # fp32 NS: ns_method "auto" runs Gram NS on the rectangular matrices; the standard iteration, like for like
+        + ([("ours, ns_method standard", True, lambda: Muon(hidden, ns_method="standard"))]
+           if bf16_emulated(hidden) else []) + muon_libraries,
     }
     return rows[algorithm]
 

@@ -28,7 +28,9 @@ validates its own arguments (ValueError naming the argument) and passes its hype
 
 FLOPs. `last_step_flops()` is computed from the parameter shapes and the kind of step, not inside the math:
 elementwise = flops_per_element × elements stepped (15 per element for backup AdamW groups), plus, for the groups
-that took a Newton–Schulz step, NS matmul FLOPs (exact) and NS elementwise FLOPs (estimated) per matrix. It is
+that took a Newton–Schulz step, NS matmul FLOPs (exact for the standard iteration, the algorithm's cost as the
+papers count it, also when ns_method runs the cheaper Gram iteration: docs/optimizers.md §5.5) and NS elementwise
+FLOPs (estimated) per matrix. It is
 computed by `_count_flops()` BEFORE the step (so it may read step counters); an optimizer with other matmul work
 (e.g. SOAP's projections and eigenbasis refreshes) overrides it and adds its own, from shapes, to super()'s count.
 """
@@ -38,7 +40,14 @@ import math
 import torch
 from torch.optim.adam import adam as torch_adam  # torch's functional Adam(W): fused / foreach kernels
 
-from .newton_schulz import matrix_shape, matrix_view, ns_elementwise_flops, ns_matmul_flops, orthogonalize
+from .newton_schulz import (
+    matrix_shape,
+    matrix_view,
+    ns_elementwise_flops,
+    ns_matmul_flops,
+    ns_settings,
+    orthogonalize,
+)
 
 ADAMW_FLOPS_PER_ELEMENT = 15  # two lerps, square, bias corrections, sqrt, add eps, divide, decay, update
 
@@ -155,13 +164,15 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     def _orthogonalize(self, ns_inputs: list[tuple[dict, torch.Tensor]]) -> list[torch.Tensor]:
         """NS of each (group, tensor) in `ns_inputs` as a matrix (matrix_view), with that group's ns_steps,
-        ns_coefficients and ns_dtype: batched by shape and split across ranks (newton_schulz.orthogonalize)."""
+        ns_coefficients, ns_dtype and ns_method: batched by shape and split across ranks
+        (newton_schulz.orthogonalize)."""
         outs: list[torch.Tensor | None] = [None] * len(ns_inputs)
         by_settings: dict[tuple, list[int]] = {}
         for i, (group, _) in enumerate(ns_inputs):
-            by_settings.setdefault((group["ns_steps"], group["ns_coefficients"], group["ns_dtype"]), []).append(i)
-        for (steps, coefficients, ns_dtype), idx in by_settings.items():
-            results = orthogonalize([matrix_view(ns_inputs[i][1]) for i in idx], steps, coefficients, ns_dtype)
+            by_settings.setdefault(ns_settings(group), []).append(i)
+        for (steps, coefficients, ns_dtype, ns_method), idx in by_settings.items():
+            results = orthogonalize([matrix_view(ns_inputs[i][1]) for i in idx], steps, coefficients, ns_dtype,
+                                    ns_method=ns_method)
             for i, o in zip(idx, results):
                 outs[i] = o
         return outs

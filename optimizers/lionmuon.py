@@ -75,7 +75,8 @@ class LionMuon(HybridOptimizer):
         period: P: a Muon step when t mod P == 0, a Lion step otherwise; an integer ≥ 1, or inf for none (2).
         weight_decay: decoupled weight decay, with the step's own lr (0.1).
         first_step_muon: with P = inf, take the reference code's single Muon step at t = 0 (False).
-        ns_steps, ns_coefficients, ns_dtype: Newton–Schulz settings, as in Muon (5, "kellerjordan", "auto").
+        ns_steps, ns_coefficients, ns_dtype, ns_method: Newton–Schulz settings, as in Muon (5, "kellerjordan", "auto",
+            "auto").
     """
 
     flops_per_element = 11  # Lion's (the Muon steps' NS counted separately)
@@ -86,17 +87,17 @@ class LionMuon(HybridOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, lion_lr: float = 5e-5, betas: tuple[float, float] = (0.9, 0.99),
                  period: float = 2, weight_decay: float = 0.1, first_step_muon: bool = False, ns_steps: int = 5,
-                 ns_coefficients: str = "kellerjordan", ns_dtype: str = "auto"):
+                 ns_coefficients: str = "kellerjordan", ns_dtype: str = "auto", ns_method: str = "auto"):
         check_number("lr", lr, 0, lo_open=True)
         check_number("lion_lr", lion_lr, 0)
         check_betas("betas", betas)
         check_number("weight_decay", weight_decay, 0)
         period = check_period(period)
-        check_ns_args(ns_steps, ns_coefficients, ns_dtype)
+        check_ns_args(ns_steps, ns_coefficients, ns_dtype, ns_method)
         super().__init__(params, dict(lr=lr, lion_lr_ratio=lion_lr / lr, betas=tuple(betas), period=period,
                                       weight_decay=weight_decay, first_step_muon=first_step_muon,
                                       ns_steps=int(ns_steps), ns_coefficients=ns_coefficients, ns_dtype=ns_dtype,
-                                      step=0))
+                                      ns_method=ns_method, step=0))
 
     def takes_ns_step(self, group: dict) -> bool:
         return is_muon_step(group["step"], group["period"], group["first_step_muon"])

@@ -53,6 +53,8 @@ class Muon(HybridOptimizer):
         ns_coefficients: "kellerjordan" (the quintic at every step) or "polar_express" (per-step coefficients).
         ns_dtype: "auto" (bfloat16 on CUDA and on CPUs with bf16 matrix units, AMX or AVX512-BF16; the input's dtype
             elsewhere and for float64 inputs: newton_schulz.resolve_dtype), "bfloat16", "float32" or "float64".
+        ns_method: "auto" (Gram Newton–Schulz for float32 NS on matrices with max > 1.5·min dims, where it needs
+            fewer FLOPs; the standard iteration otherwise: newton_schulz.resolve_method), "standard" or "gram".
         scaling: "original" (√max(1, rows/cols)) or "match_rms_adamw" (0.2·√max(rows, cols)).
     """
 
@@ -64,15 +66,15 @@ class Muon(HybridOptimizer):
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, ns_steps: int = 5, ns_coefficients: str = "kellerjordan",
-                 ns_dtype: str = "auto", scaling: str = "original"):
+                 ns_dtype: str = "auto", ns_method: str = "auto", scaling: str = "original"):
         check_number("lr", lr, 0, lo_open=True)
         check_number("momentum", momentum, 0, 1)
         check_number("weight_decay", weight_decay, 0)
         check_choice("scaling", scaling, SCALINGS)
-        check_ns_args(ns_steps, ns_coefficients, ns_dtype)
+        check_ns_args(ns_steps, ns_coefficients, ns_dtype, ns_method)
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                                       ns_steps=int(ns_steps), ns_coefficients=ns_coefficients, ns_dtype=ns_dtype,
-                                      scaling=scaling))
+                                      ns_method=ns_method, scaling=scaling))
 
     def _step(self, groups):
         ns_inputs, params = [], []

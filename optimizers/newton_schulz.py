@@ -26,6 +26,21 @@ tests want). Measured on a 2-core Xeon with AMX (docs/optimizers.md §5.6, bench
 from the float64 result (relative Frobenius error; fp32: 5e-5), with the same singular-value range [0.68, 1.14], and
 runs 2.7× faster than fp32; that 1 % is far below NS's own distance from the exact polar factor (σ in [0.68, 1.2]).
 
+Method: "standard" is the iteration above. "gram" (Gram Newton–Schulz; Dao-AILab/gram-newton-schulz,
+tridao.me/blog/2026/gram-newton-schulz) runs the same polynomial on the r×r Gram matrix instead of on X: with
+R = X Xᵀ each step is X ← (aI + Z)X, Z = bR + cR², so it keeps Q = Π(aI + Z_k) and R ← (aI + Z)R(aI + Z) and
+multiplies X once at the end, X_K = Q X (gram_newton_schulz). In exact arithmetic the two are the same map; its
+matmuls cost 4r²c + (8K − 6)r³ against K(4r²c + 2r³), fewer iff K > 1 and c > 1.5r (c = max(m, n)): 0.56× for a
+768×3072 matrix at K = 5 (ns_matmul_flops). "gram" runs it on the shapes where it has fewer FLOPs and the standard
+iteration on the others (resolve_method); "auto" is "gram" for float32 NS and "standard" otherwise, so bf16 NS
+(CUDA, CPUs with bf16 units) and the float64 reference tests run exactly what the references run. Measured on a
+2-core AVX2 CPU (docs/optimizers.md §5.7, benchmarks/ns_methods.py): fp32 gram is as far from the float64 result as
+fp32 standard on Gaussian inputs (3e-5 to 1e-4 relative Frobenius error), 1.1–3× farther when the spectrum has
+tiny singular values (at worst 1.7e-3 where standard has 1.6e-3; bf16 NS: 1e-2 and more), and takes 0.54–0.68×
+the time on GPT-2's rectangular matrices. In 16-bit
+dtypes gram restarts once at step 2 (X ← Q X, R ← X Xᵀ), as Dao-AILab's fp16 code does, because R's rounding
+errors compound through Q.
+
 `orthogonalize(mats)` is what the optimizers call: it groups the matrices by their (r, c) orientation so that
 same-shape matrices (tall ones transposed) run as one batched NS, and under torch.distributed it splits those
 matrices across ranks (balanced by FLOPs), each rank orthogonalises its share and the results are all-gathered, so
@@ -61,10 +76,11 @@ POLAR_EXPRESS.append(_POLAR_EXPRESS_RAW[-1])
 
 NS_COEFFICIENTS = ("kellerjordan", "polar_express", "track3")
 NS_DTYPES = ("auto", "bfloat16", "float32", "float64")
+NS_METHODS = ("auto", "standard", "gram")
 NS_EPS = 1e-7
 
 
-def check_ns_args(ns_steps, ns_coefficients, ns_dtype) -> None:
+def check_ns_args(ns_steps, ns_coefficients, ns_dtype, ns_method="auto") -> None:
     """The constructor check of every Newton–Schulz optimizer's ns_* arguments (ValueError names the argument)."""
     if isinstance(ns_steps, bool) or int(ns_steps) != ns_steps or not 1 <= ns_steps < 100:
         raise ValueError(f"ns_steps = {ns_steps!r} is invalid; it must be an integer in [1, 99]")
@@ -72,6 +88,14 @@ def check_ns_args(ns_steps, ns_coefficients, ns_dtype) -> None:
         raise ValueError(f"ns_coefficients = {ns_coefficients!r} is invalid; use one of: {', '.join(NS_COEFFICIENTS)}")
     if ns_dtype not in NS_DTYPES:
         raise ValueError(f"ns_dtype = {ns_dtype!r} is invalid; use one of: {', '.join(NS_DTYPES)}")
+    if ns_method not in NS_METHODS:
+        raise ValueError(f"ns_method = {ns_method!r} is invalid; use one of: {', '.join(NS_METHODS)}")
+
+
+def ns_settings(group: dict) -> tuple[int, str, str, str]:
+    """(ns_steps, ns_coefficients, ns_dtype, ns_method) of a parameter group: the key optimizers batch NS work by.
+    A group restored from a checkpoint written before ns_method existed gets the constructor's default, "auto"."""
+    return group["ns_steps"], group["ns_coefficients"], group["ns_dtype"], group.get("ns_method", "auto")
 
 
 def rms_match_scale(rows: int, cols: int) -> float:
@@ -99,9 +123,14 @@ def matrix_view(t: torch.Tensor) -> torch.Tensor:
 # scripts/plotting/plot_results.py, `ns_steps·2·dmin²·(2·dmax + dmin)`); docs/optimizers.md §5.5.
 
 
-def ns_matmul_flops(m: int, n: int, steps: int) -> int:
-    """Exact matmul FLOPs of `steps` Newton–Schulz iterations on an m×n matrix: steps·(4r²c + 2r³)."""
+def ns_matmul_flops(m: int, n: int, steps: int, method: str = "standard") -> int:
+    """Exact matmul FLOPs of `steps` Newton–Schulz iterations on an m×n matrix: steps·(4r²c + 2r³) for the standard
+    iteration, the algorithm's cost and the one the training-FLOPs axis counts (flops.py); 4r²c + (8·steps − 6)r³
+    for method "gram" without restarts: R = XXᵀ and the final QX 2r²c each; per step Z = bR + cR² 2r³, Q·Z 2r³
+    (none at the first step, where Q = aI + Z), R ← (aI+Z)R(aI+Z) 4r³ (none at the last step)."""
     r, c = min(m, n), max(m, n)
+    if method == "gram":
+        return 4 * r * r * c + (8 * steps - 6) * r ** 3
     return steps * (4 * r * r * c + 2 * r * r * r)
 
 
@@ -154,15 +183,71 @@ def resolve_dtype(ns_dtype: str, like: torch.Tensor) -> torch.dtype:
     return like.dtype
 
 
+def resolve_method(ns_method: str, dtype: torch.dtype, m: int, n: int, steps: int) -> str:
+    """The NS method that runs for an m×n matrix (or a batch of them) iterated in `dtype`. "gram" where it needs fewer
+    matmul FLOPs (steps > 1 and max(m, n) > 1.5·min(m, n)), "standard" elsewhere: on square-ish matrices gram would
+    do more work, and it is less accurate there (their smallest singular values, squared in R, drown in rounding;
+    docs/optimizers.md §5.7). 'auto' is "gram" for float32 NS and "standard" for the other dtypes (bf16, which every
+    reference iterates the standard way, and float64, the reference tests)."""
+    if ns_method == "auto":
+        ns_method = "gram" if dtype == torch.float32 else "standard"
+    if ns_method == "gram" and ns_matmul_flops(m, n, steps, "gram") < ns_matmul_flops(m, n, steps):
+        return "gram"
+    return "standard"
+
+
+def standard_newton_schulz(X: torch.Tensor, schedule) -> torch.Tensor:
+    """The NS polynomial steps of `schedule` on a normalised wide X (a matrix or a 3-D batch), the standard way:
+    A = X Xᵀ; B = b·A + c·A²; X ← a·X + B·X, in three buffers allocated once (A, B and the next X; the previous X
+    is reused), as pytorch-optimizer's zero_power_via_newton_schulz_5 does: the same matmuls as fresh tensors, bit
+    for bit."""
+    mm, addmm = (torch.mm, torch.addmm) if X.ndim == 2 else (torch.bmm, torch.baddbmm)
+    A = X.new_empty((*X.shape[:-1], X.size(-2)))
+    B = torch.empty_like(A)
+    Y = X.new_empty(X.shape)
+    for a, b, c in schedule:
+        mm(X, X.mT, out=A)  # A = X Xᵀ
+        addmm(A, A, A, beta=b, alpha=c, out=B)  # B = b·A + c·A·A
+        addmm(X, B, X, beta=a, out=Y)  # X ← a·X + B·X
+        # the old X is the next output, unless it is a transposed view (of a tall input): outputs stay contiguous
+        X, Y = Y, (X if X.is_contiguous() else torch.empty_like(Y))
+    return X
+
+
+def gram_newton_schulz(X: torch.Tensor, schedule, restart_at: tuple[int, ...] = ()) -> torch.Tensor:
+    """The NS polynomial steps of `schedule` on a normalised wide X (r ≤ c; a matrix or a 3-D batch), computed on
+    its Gram matrix (Dao-AILab/gram-newton-schulz `_gram_newton_schulz`): returns Q X with Q = Π_k (a_k I + Z_k),
+    Z_k = b_k R_k + c_k R_k², R_0 = X Xᵀ, R_{k+1} = (a_k I + Z_k) R_k (a_k I + Z_k). At a step in restart_at,
+    X ← Q X and R ← X Xᵀ are recomputed from X and Q restarts. Four r×r buffers, reused by every step."""
+    mm, addmm = (torch.mm, torch.addmm) if X.ndim == 2 else (torch.bmm, torch.baddbmm)
+    R = mm(X, X.mT)
+    Z, Q, T = torch.empty_like(R), torch.empty_like(R), torch.empty_like(R)
+    first, last = 0, len(schedule) - 1
+    for i, (a, b, c) in enumerate(schedule):
+        if i in restart_at and i > 0:
+            X = mm(Q, X)
+            mm(X, X.mT, out=R)
+            first = i
+        addmm(R, R, R, beta=b, alpha=c, out=Z)  # Z = b·R + c·R·R
+        if i == first:
+            Q.copy_(Z).diagonal(dim1=-2, dim2=-1).add_(a)  # Q = a·I + Z
+        else:
+            addmm(Q, Q, Z, beta=a, out=T)  # Q ← Q·(a·I + Z): every factor is a polynomial in R_0, so they commute
+            Q, T = T, Q
+        if i < last and i + 1 not in restart_at:
+            addmm(R, R, Z, beta=a, out=T)  # T = R·(a·I + Z)
+            addmm(T, Z, T, beta=a, out=R)  # R ← (a·I + Z)·T
+    return mm(Q, X)
+
+
 def newton_schulz(G: torch.Tensor, steps: int = 5, coefficients: str = "kellerjordan", eps: float = NS_EPS,
-                  dtype: torch.dtype | None = None, overwrite: bool = False) -> torch.Tensor:
+                  dtype: torch.dtype | None = None, overwrite: bool = False, method: str = "standard") -> torch.Tensor:
     """Orthogonalise G (…, m, n) by `steps` Newton–Schulz iterations; returns a new tensor in `dtype` (default G's).
 
     Leading dimensions are a batch: every matrix is normalised by its own Frobenius norm and iterated independently.
-    The iteration writes into three buffers allocated once (A, B and the next X; the previous X is reused), as
-    pytorch-optimizer's zero_power_via_newton_schulz_5 does: the same matmuls as fresh tensors, bit for bit.
     overwrite=True lets it normalise G in place (G is the caller's scratch buffer, as in orthogonalize): one
-    G-sized allocation and pass fewer, the same bits.
+    G-sized allocation and pass fewer, the same bits. method: "standard" (standard_newton_schulz), "gram"
+    (gram_newton_schulz, restarting at step 2 in 16-bit dtypes) or "auto" (resolve_method).
     """
     assert G.ndim >= 2, "newton_schulz needs a matrix or a batch of matrices"
     schedule, scale = coefficient_schedule(coefficients, steps)
@@ -175,16 +260,10 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, coefficients: str = "kellerjo
     X = X.div_(norm) if overwrite or copied else X / norm
     if X.ndim > 3:
         X = X.reshape(-1, X.size(-2), X.size(-1))
-    mm, addmm = (torch.mm, torch.addmm) if X.ndim == 2 else (torch.bmm, torch.baddbmm)
-    A = X.new_empty((*X.shape[:-1], X.size(-2)))
-    B = torch.empty_like(A)
-    Y = X.new_empty(X.shape)
-    for a, b, c in schedule:
-        mm(X, X.mT, out=A)  # A = X Xᵀ
-        addmm(A, A, A, beta=b, alpha=c, out=B)  # B = b·A + c·A·A
-        addmm(X, B, X, beta=a, out=Y)  # X ← a·X + B·X
-        # the old X is the next output, unless it is a transposed view (of a tall input): outputs stay contiguous
-        X, Y = Y, (X if X.is_contiguous() else torch.empty_like(Y))
+    if resolve_method(method, X.dtype, X.size(-2), X.size(-1), steps) == "gram":
+        X = gram_newton_schulz(X, schedule, restart_at=(2,) if X.element_size() == 2 else ())
+    else:
+        X = standard_newton_schulz(X, schedule)
     X = X.reshape(*G.shape[:-2], *X.shape[-2:]) if G.ndim > 3 else X
     return X.mT if transposed else X
 
@@ -229,19 +308,21 @@ def _plan(shapes: tuple, world_size: int) -> list[list[tuple[tuple[int, int], li
     return plan
 
 
-def _run_buckets(mats, buckets, steps, coefficients, dtype, eps):
+def _run_buckets(mats, buckets, steps, coefficients, dtype, eps, method):
     """NS of every bucket as one batch; yields (bucket (r, c), indices, output stack of shape (k, r, c))."""
     for (r, c), idx in buckets:
         X = torch.empty((len(idx), r, c), dtype=dtype, device=mats[idx[0]].device)
         # tall matrices enter transposed (NS(Gᵀ) = NS(G)ᵀ), so tall and wide matrices of the same (r, c) share a batch
         srcs = [mats[i].mT if mats[i].size(0) > mats[i].size(1) else mats[i] for i in idx]
         torch._foreach_copy_(list(X.unbind(0)), srcs)
-        yield (r, c), idx, newton_schulz(X, steps, coefficients, eps, overwrite=True)
+        yield (r, c), idx, newton_schulz(X, steps, coefficients, eps, overwrite=True, method=method)
 
 
 def orthogonalize(mats: list[torch.Tensor], steps: int = 5, coefficients: str = "kellerjordan",
-                  ns_dtype: str = "auto", eps: float = NS_EPS, distributed: bool | None = None) -> list[torch.Tensor]:
+                  ns_dtype: str = "auto", eps: float = NS_EPS, distributed: bool | None = None,
+                  ns_method: str = "auto") -> list[torch.Tensor]:
     """NS(M) for every 2-D M in `mats` (returned in the NS dtype, same shapes; may be non-contiguous views).
+    ns_method "auto" decides per same-shape batch (resolve_method).
 
     distributed=None splits the work across ranks when torch.distributed is initialised with world size > 1;
     False always computes everything locally. The split result equals the local one: the same matrices are
@@ -259,7 +340,7 @@ def orthogonalize(mats: list[torch.Tensor], steps: int = 5, coefficients: str = 
         out[i] = o.mT if shapes[i][0] > shapes[i][1] else o
 
     if world_size == 1:
-        for _, idx, Y in _run_buckets(mats, plan[0], steps, coefficients, dtype, eps):
+        for _, idx, Y in _run_buckets(mats, plan[0], steps, coefficients, dtype, eps, ns_method):
             for j, i in enumerate(idx):
                 place(i, Y[j])
         return out
@@ -269,7 +350,7 @@ def orthogonalize(mats: list[torch.Tensor], steps: int = 5, coefficients: str = 
     width = max(sizes)
     send = torch.zeros(width, dtype=dtype, device=mats[0].device)
     offset = 0
-    for _, _idx, Y in _run_buckets(mats, plan[rank], steps, coefficients, dtype, eps):
+    for _, _idx, Y in _run_buckets(mats, plan[rank], steps, coefficients, dtype, eps, ns_method):
         send[offset:offset + Y.numel()].copy_(Y.reshape(-1))
         offset += Y.numel()
     recv = torch.empty((world_size, width), dtype=dtype, device=mats[0].device)

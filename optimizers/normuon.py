@@ -105,6 +105,7 @@ class NorMuon(HybridOptimizer):
             docstring for dion's own sets).
         ns_dtype: "auto" (bf16 on CUDA, as dion, and on CPUs with bf16 matrix units: newton_schulz.py), "bfloat16",
             "float32", "float64".
+        ns_method: "auto" (Gram NS for float32 NS where it has fewer FLOPs: newton_schulz.py), "standard", "gram".
         scaling: "spectral_norm" (√(rows/cols)), "match_rms_adamw" (0.2·√max), "original" (√max(1, rows/cols)) or
             "none" ("spectral_norm"; dion adjust_lr's default).
     """
@@ -119,7 +120,8 @@ class NorMuon(HybridOptimizer):
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True, beta2: float = 0.95,
                  eps: float = 1e-8, weight_decay: float = 0.01, ns_steps: int = 5,
-                 ns_coefficients: str = "kellerjordan", ns_dtype: str = "auto", scaling: str = "spectral_norm"):
+                 ns_coefficients: str = "kellerjordan", ns_dtype: str = "auto", ns_method: str = "auto",
+                 scaling: str = "spectral_norm"):
         check_number("lr", lr, 0, lo_open=True)
         check_number("momentum", momentum, 0, 1)
         if not isinstance(nesterov, bool):
@@ -127,11 +129,12 @@ class NorMuon(HybridOptimizer):
         check_number("beta2", beta2, 0, 1)
         check_number("eps", eps, 0, lo_open=True)
         check_number("weight_decay", weight_decay, 0)
-        check_ns_args(ns_steps, ns_coefficients, ns_dtype)
+        check_ns_args(ns_steps, ns_coefficients, ns_dtype, ns_method)
         check_choice("scaling", scaling, SCALINGS)
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, beta2=beta2, eps=eps,
                                       weight_decay=weight_decay, ns_steps=int(ns_steps),
-                                      ns_coefficients=ns_coefficients, ns_dtype=ns_dtype, scaling=scaling))
+                                      ns_coefficients=ns_coefficients, ns_dtype=ns_dtype, ns_method=ns_method,
+                                      scaling=scaling))
 
     def _variance(self, p: torch.Tensor) -> torch.Tensor:
         """The (rows, 1) second-moment buffer of p's matrix (zero on first use)."""

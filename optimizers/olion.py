@@ -34,7 +34,8 @@ class OLion(HybridOptimizer):
         nesterov: orthogonalise the Nesterov mix instead of M (True).
         weight_decay: decoupled weight decay, multiplied by the current lr (0.1).
         eps: added to ‖S‖_F in γ (1e-8).
-        ns_steps, ns_coefficients, ns_dtype: Newton–Schulz settings, as in Muon (5, "kellerjordan", "auto").
+        ns_steps, ns_coefficients, ns_dtype, ns_method: Newton–Schulz settings, as in Muon (5, "kellerjordan", "auto",
+            "auto").
     """
 
     flops_per_element = 12  # as Muon plus sign, Frobenius norm and scaling
@@ -45,15 +46,15 @@ class OLion(HybridOptimizer):
 
     def __init__(self, params, lr: float = 6e-4, betas: tuple[float, float] = (0.95, 0.98), nesterov: bool = True,
                  weight_decay: float = 0.1, eps: float = 1e-8, ns_steps: int = 5,
-                 ns_coefficients: str = "kellerjordan", ns_dtype: str = "auto"):
+                 ns_coefficients: str = "kellerjordan", ns_dtype: str = "auto", ns_method: str = "auto"):
         check_number("lr", lr, 0, lo_open=True)
         check_betas("betas", betas)
         check_number("weight_decay", weight_decay, 0)
         check_number("eps", eps, 0)
-        check_ns_args(ns_steps, ns_coefficients, ns_dtype)
+        check_ns_args(ns_steps, ns_coefficients, ns_dtype, ns_method)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), nesterov=nesterov, weight_decay=weight_decay,
                                       eps=eps, ns_steps=int(ns_steps), ns_coefficients=ns_coefficients,
-                                      ns_dtype=ns_dtype))
+                                      ns_dtype=ns_dtype, ns_method=ns_method))
 
     def _step(self, groups):
         ns_inputs, params = [], []

@@ -32,7 +32,7 @@ from torch.distributed.tensor import DTensor
 from .base import HybridOptimizer
 from .leo import Leo
 from .muon import momentum_step
-from .newton_schulz import _plan, matrix_shape, orthogonalize, resolve_dtype
+from .newton_schulz import _plan, matrix_shape, ns_settings, orthogonalize, resolve_dtype
 from .normuon import NorMuon
 from .normuon import scale_factor as normuon_scale_factor
 from .olion import OLion
@@ -56,7 +56,7 @@ def _all_to_all(send: torch.Tensor, send_splits: list[int], recv_splits: list[in
 
 
 def sharded_orthogonalize(shards: list[torch.Tensor], full_shapes: list[tuple[int, int]], steps: int,
-                          coefficients: str, ns_dtype: str, group=None) -> list[torch.Tensor]:
+                          coefficients: str, ns_dtype: str, group=None, ns_method: str = "auto") -> list[torch.Tensor]:
     """NS of whole matrices given as row shards: shards[i] is this rank's (rows_k, cols) rows of a full_shapes[i]
     matrix (FSDP2's split, shard_rows); returns this rank's rows of each NS output, in the NS dtype.
 
@@ -95,7 +95,7 @@ def sharded_orthogonalize(shards: list[torch.Tensor], full_shapes: list[tuple[in
             full[i][start:start + n].copy_(recv[offset:offset + n * cols[i]].view(n, cols[i]))
             offset += n * cols[i]
     mine = orthogonalize([full[i] for i in owned[rank]], steps, coefficients, str(dtype).removeprefix("torch."),
-                         distributed=False)
+                         distributed=False, ns_method=ns_method)
     results = dict(zip(owned[rank], mine))
     del full
     # 3. each rank's rows of the results back from the owners
@@ -207,11 +207,12 @@ class ShardedOptimizer:
         outs: list[torch.Tensor | None] = [None] * len(ns_inputs)
         by_settings: dict[tuple, list[int]] = {}
         for i, (group, _) in enumerate(ns_inputs):
-            by_settings.setdefault((group["ns_steps"], group["ns_coefficients"], group["ns_dtype"]), []).append(i)
-        for (steps, coefficients, ns_dtype), idx in by_settings.items():
+            by_settings.setdefault(ns_settings(group), []).append(i)
+        for (steps, coefficients, ns_dtype, ns_method), idx in by_settings.items():
             shards = [ns_inputs[i][1].reshape(ns_inputs[i][1].size(0), -1) for i in idx]
             shapes = [self.full_matrix_shape(params[i]) for i in idx]
-            for i, o in zip(idx, sharded_orthogonalize(shards, shapes, steps, coefficients, ns_dtype, self._group)):
+            for i, o in zip(idx, sharded_orthogonalize(shards, shapes, steps, coefficients, ns_dtype, self._group,
+                                                          ns_method)):
                 outs[i] = o
         return outs
 

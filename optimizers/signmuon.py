@@ -22,16 +22,16 @@ class SignMuon(LionMuon):
         lr: ηM, the learning rate of the Muon steps (2e-3).
         lion_lr: ηL, the learning rate of the sign steps (5e-5).
         momentum: β = β1 = β2 (0.9).
-        period, weight_decay, first_step_muon, ns_steps, ns_coefficients, ns_dtype: as in LionMuon (2, 0.1, False,
-            5, "kellerjordan", "auto").
+        period, weight_decay, first_step_muon, ns_steps, ns_coefficients, ns_dtype, ns_method: as in LionMuon (2,
+            0.1, False, 5, "kellerjordan", "auto", "auto").
     """
 
     flops_per_element = 8  # Signum's (the Muon steps' NS counted separately)
 
     def __init__(self, params, lr: float = 2e-3, lion_lr: float = 5e-5, momentum: float = 0.9,
                  period: float = 2, weight_decay: float = 0.1, first_step_muon: bool = False, ns_steps: int = 5,
-                 ns_coefficients: str = "kellerjordan", ns_dtype: str = "auto"):
+                 ns_coefficients: str = "kellerjordan", ns_dtype: str = "auto", ns_method: str = "auto"):
         check_number("momentum", momentum, 0, 1)  # before LionMuon's check, which would name it `betas`
         super().__init__(params, lr=lr, lion_lr=lion_lr, betas=(momentum, momentum), period=period,
                          weight_decay=weight_decay, first_step_muon=first_step_muon, ns_steps=ns_steps,
-                         ns_coefficients=ns_coefficients, ns_dtype=ns_dtype)
+                         ns_coefficients=ns_coefficients, ns_dtype=ns_dtype, ns_method=ns_method)

@@ -125,3 +125,153 @@ def test_track3_coefficients_are_the_tracks_cubic_iteration():
         ref = X.T if shape[0] > shape[1] else X
         out = orthogonalize([G], 12, "track3", "float64")[0]
         assert torch.allclose(out, ref, atol=1e-6), shape
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gram Newton–Schulz (ns_method "gram"; newton_schulz.gram_newton_schulz)
+
+
+def _gram_loop(G, steps, coeffs, scale=1.0, restart_at=()):
+    """Gram NS in float64 as a plain loop over its definition, sharing no code with the implementation: R = XXᵀ,
+    then per step Z = bR + cR², Q ← Q(aI + Z) (Q = aI + Z at the first step and after a restart),
+    R ← (aI + Z)R(aI + Z); X ← QX at a restart and at the end."""
+    X = np.array(G, dtype=np.float64)
+    tall = X.shape[0] > X.shape[1]
+    X = X.T if tall else X
+    X = X / (np.linalg.norm(X) * scale + 1e-7)
+    eye = np.eye(X.shape[0])
+    R, Q = X @ X.T, None
+    for i in range(steps):
+        a, b, c = coeffs[min(i, len(coeffs) - 1)]
+        if i in restart_at:
+            X, Q = Q @ X, None
+            R = X @ X.T
+        Z = b * R + c * R @ R
+        Q = a * eye + Z if Q is None else Q @ (a * eye + Z)
+        R = (a * eye + Z) @ R @ (a * eye + Z)
+    X = Q @ X
+    return X.T if tall else X
+
+
+KJ = [(3.4445, -4.7750, 2.0315)]
+
+
+@pytest.mark.parametrize("shape", [(60, 24), (24, 60), (32, 32)])
+@pytest.mark.parametrize("coefficients,steps", [("kellerjordan", 5), ("kellerjordan", 1), ("polar_express", 8),
+                                                ("track3", 12)])
+def test_gram_matches_standard_formula(shape, coefficients, steps):
+    """In float64 the Gram iteration is the standard NS map (ns_ref, the standard formula's own loop) up to rounding,
+    on tall, wide and square matrices, for every coefficient set; with and without a restart; and it equals the
+    plain Gram loop above. In float32 it stays within 1e-4 of the float64 result on these well-conditioned inputs."""
+    from optimizers.newton_schulz import TRACK3, coefficient_schedule, gram_newton_schulz
+
+    coeffs = {"kellerjordan": KJ, "polar_express": POLAR_EXPRESS, "track3": [TRACK3]}[coefficients]
+    scale = 1.01 if coefficients == "polar_express" else 1.0
+    G = well_conditioned(*shape, seed=7, smin=0.1, smax=3.0)
+    ref = ns_ref(G.numpy(), steps=steps, coeffs=coeffs, scale=scale)
+    np.testing.assert_allclose(_gram_loop(G.numpy(), steps, coeffs, scale), ref, atol=1e-10)
+    schedule = coefficient_schedule(coefficients, steps)[0]
+
+    def run(X, restart_at=()):  # gram_newton_schulz on any shape (newton_schulz runs it only where it saves FLOPs)
+        tall = X.size(0) > X.size(1)
+        X = X.mT if tall else X
+        Y = gram_newton_schulz(X / (X.norm() * scale + 1e-7), schedule, restart_at)
+        return (Y.mT if tall else Y).double().numpy()
+
+    np.testing.assert_allclose(run(G), ref, atol=1e-10)
+    np.testing.assert_allclose(run(G, restart_at=(2,)), ref, atol=1e-10)
+    np.testing.assert_allclose(run(G.float()), ref, atol=1e-4)
+    if min(shape) * 1.5 < max(shape) and steps > 1:  # where ns_method "gram" runs it
+        np.testing.assert_allclose(newton_schulz(G, steps, coefficients, method="gram").numpy(), ref, atol=1e-10)
+        np.testing.assert_allclose(newton_schulz(G.float(), steps, coefficients, method="gram").double().numpy(),
+                                   ref, atol=1e-4)
+
+
+def test_gram_batched_and_bf16_restart():
+    """A 3-D batch runs each matrix on its own; in bf16 gram restarts at step 2 and stays within bf16's usual
+    distance of the float64 result (standard bf16 NS: ~1e-2 relative Frobenius error)."""
+    g = torch.Generator().manual_seed(5)
+    stack = torch.randn(4, 20, 64, generator=g, dtype=torch.float64)
+    batched = newton_schulz(stack, 5, method="gram")
+    for i in range(4):
+        np.testing.assert_allclose(batched[i].numpy(), ns_ref(stack[i].numpy()), atol=1e-10)
+    G = torch.randn(64, 256, generator=g, dtype=torch.float64)
+    ref = torch.from_numpy(ns_ref(G.numpy()))
+    out = newton_schulz(G.float(), 5, dtype=torch.bfloat16, method="gram").double()
+    assert (out - ref).norm() / ref.norm() < 0.05
+
+
+def test_resolve_method_and_gram_flops():
+    """'auto' runs gram only for float32 NS and only where its FLOPs are fewer (c > 1.5r, steps > 1); "gram" the
+    same shapes in any dtype. Both FLOPs formulas equal what torch's FlopCounterMode counts for the matmuls the
+    two paths run, and orthogonalize dispatches by ns_method (the count tells which path ran)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from optimizers.newton_schulz import resolve_method
+
+    f32, bf16, f64 = torch.float32, torch.bfloat16, torch.float64
+    assert resolve_method("auto", f32, 768, 3072, 5) == resolve_method("auto", f32, 3072, 768, 5) == "gram"
+    assert resolve_method("auto", f32, 768, 2304, 5) == "gram"
+    assert resolve_method("auto", f32, 768, 768, 5) == "standard"
+    assert resolve_method("auto", f32, 768, 1152, 5) == "standard"  # c = 1.5r: equal FLOPs, keep the standard one
+    assert resolve_method("auto", f32, 768, 1153, 5) == "gram"
+    assert resolve_method("auto", f32, 768, 3072, 1) == "standard"  # one step: equal FLOPs
+    assert resolve_method("auto", bf16, 768, 3072, 5) == resolve_method("auto", f64, 768, 3072, 5) == "standard"
+    assert resolve_method("gram", bf16, 768, 3072, 5) == resolve_method("gram", f64, 768, 3072, 5) == "gram"
+    assert resolve_method("gram", f32, 768, 768, 5) == "standard"
+    assert resolve_method("standard", f32, 768, 3072, 5) == "standard"
+    r, c = 16, 40
+    assert ns_matmul_flops(r, c, 5, "gram") == 4 * r * r * c + 34 * r**3
+    g = torch.Generator().manual_seed(6)
+    mats = [torch.randn(r, c, generator=g), torch.randn(c, r, generator=g)]
+    for method, steps in (("standard", 5), ("gram", 5), ("gram", 3), ("auto", 5)):
+        with FlopCounterMode(display=False) as counter:
+            outs = orthogonalize(mats, steps, ns_dtype="float32", ns_method=method)
+        want = "standard" if method == "standard" else "gram"
+        assert counter.get_total_flops() == 2 * ns_matmul_flops(r, c, steps, want), (method, steps)
+        for m, o in zip(mats, outs):
+            torch.testing.assert_close(o, newton_schulz(m, steps, method="standard"), atol=1e-5, rtol=0)
+
+
+def test_ns_method_argument_is_checked():
+    from optimizers import Muon
+    from optimizers.newton_schulz import check_ns_args
+
+    with pytest.raises(ValueError, match=r"^ns_method = 'fast' is invalid; use one of: auto, standard, gram$"):
+        check_ns_args(5, "kellerjordan", "auto", "fast")
+    with pytest.raises(ValueError, match="ns_method"):
+        Muon([torch.nn.Parameter(torch.zeros(4, 8))], ns_method="Gram")
+
+
+def test_optimizers_run_gram_when_asked():
+    """ns_method reaches the NS of every Newton–Schulz optimizer: in float64 "gram" and "standard" give the same
+    parameters after three steps (rounding only), and the matmul count shows that gram ran; a group restored without
+    ns_method (an older checkpoint) runs."""
+    from optimizers import OPTIMIZERS, optimizer_class
+    from optimizers.build import constructor_arguments
+
+    g = torch.Generator().manual_seed(8)
+    shapes = [(12, 40), (40, 12), (16, 16)]
+    init = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, generator=g, dtype=torch.float64) for s in shapes] for _ in range(3)]
+    names = [n for n in OPTIMIZERS if "ns_method" in constructor_arguments(optimizer_class(n))]
+    assert {"muon", "olion", "lionmuon", "signmuon", "normuon"} <= set(names)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for name in names:
+        finals, flops = {}, {}
+        for method in ("standard", "gram"):
+            ps = [torch.nn.Parameter(p.clone()) for p in init]
+            opt = optimizer_class(name)(ps, ns_method=method)
+            with FlopCounterMode(display=False) as counter:
+                for step in grads:
+                    for p, gr in zip(ps, step):
+                        p.grad = gr.clone()
+                    opt.step()
+            finals[method], flops[method] = [p.detach().clone() for p in ps], counter.get_total_flops()
+        for a, b in zip(finals["standard"], finals["gram"]):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0, msg=name)
+        # the two rectangular matrices ran the Gram iteration, which has fewer matmul FLOPs, the square one did not
+        assert flops["gram"] < flops["standard"], (name, flops)
+        del opt.param_groups[0]["ns_method"]
+        opt.step()

@@ -284,8 +284,10 @@ def test_recipe_checks(registered):
 
 
 def test_last_step_flops_are_the_ns_matmuls(registered):
+    """The matmul count is the standard iteration's exactly; with Gram NS (fp32 "auto") the count stays the
+    standard one (the algorithm's cost, docs/optimizers.md §5.5) while fewer matmul FLOPs run."""
     model = Tiny()
-    opt = build_optimizer(model, "normuon", {})
+    opt = build_optimizer(model, "normuon", {"ns_method": "standard"})
     mats = [(48, 16), (16, 16), (64, 16), (16, 64)]  # the block matrices ("hidden" routing)
     for _, p in model.named_parameters():
         p.grad = torch.randn_like(p)
@@ -293,6 +295,12 @@ def test_last_step_flops_are_the_ns_matmuls(registered):
         opt.step()
     flops = opt.last_step_flops()
     assert flops["matmul"] == sum(ns_matmul_flops(m, n, 5) for m, n in mats) == fc.get_total_flops()
+    gram = build_optimizer(model, "normuon", {})
+    with FlopCounterMode(display=False) as fc:
+        gram.step()
+    assert gram.last_step_flops()["matmul"] == flops["matmul"]
+    assert fc.get_total_flops() == sum(ns_matmul_flops(m, n, 5, "gram" if max(m, n) > 1.5 * min(m, n) else
+                                                       "standard") for m, n in mats)
     numel = sum(m * n for m, n in mats)
     backup = sum(p.numel() for g in opt.param_groups if g["backup_adamw"] for p in g["params"])
     assert flops["elementwise"] > NorMuon.flops_per_element * numel + 15 * backup  # plus NS elementwise
@@ -332,7 +340,10 @@ def test_trains_a_small_gpt_from_a_config(registered):
 
 # fp32 NS: the test is about splitting the work across ranks; with "auto" (bf16 on CPUs with bf16 matrix units) the
 # batched and the split NS round differently and the runs drift apart beyond fp32 tolerance
-DDP_SETTINGS = dict(lr=0.05, adamw_lr=3e-3, beta2=0.9, ns_dtype="float32")
+# the standard iteration: with Gram NS (fp32 "auto") the ranks' fp32-level gradient differences reach ~1e-5 in
+# the weights, this test's tolerance (docs/optimizers.md §5.7); the split NS itself is exact either way
+# (tests/test_fsdp.py ns_exact, tests/test_newton_schulz.py)
+DDP_SETTINGS = dict(lr=0.05, adamw_lr=3e-3, beta2=0.9, ns_dtype="float32", ns_method="standard")
 DDP_STEPS = 4
 
 

@@ -127,7 +127,7 @@ def test_ns_flops_equal_flop_counter(method, settings):
     square matrices, the ns_steps setting, batching), and LionMuon's Lion steps count (and do) no matmul."""
     model = Named()
     params = [p for _, p in model.named_parameters()]
-    opt = build_optimizer(model, method, settings)
+    opt = build_optimizer(model, method, {**settings, "ns_method": "standard"})  # the iteration the formula counts
     for t in range(4):
         set_grads(params, t)
         counted = counted_matmul_flops(opt)
@@ -210,7 +210,7 @@ def test_muon_flattens_higher_dim_params(scaling):
     g = torch.Generator().manual_seed(7)
     nd = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(4, 3, 5), (6, 2, 3, 3), (20, 2, 2)]]
     flat = [torch.nn.Parameter(p.detach().reshape(p.size(0), -1).clone()) for p in nd]  # (4, 15), (6, 18), (20, 4)
-    a, b = (Muon(ps, lr=0.02, weight_decay=0.1, scaling=scaling) for ps in (nd, flat))
+    a, b = (Muon(ps, lr=0.02, weight_decay=0.1, scaling=scaling, ns_method="standard") for ps in (nd, flat))
     for t, f in enumerate(FACTORS[:3]):
         schedule(a, f)
         schedule(b, f)
