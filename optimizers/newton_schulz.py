@@ -35,7 +35,7 @@ matmuls cost 4r²c + (8K − 6)r³ against K(4r²c + 2r³), fewer iff K > 1 and 
 iteration on the others (resolve_method); "auto" is "gram" for float32 NS and "standard" otherwise, so bf16 NS
 (CUDA, CPUs with bf16 units) and the float64 reference tests run exactly what the references run. Measured on a
 2-core AVX2 CPU (docs/optimizers.md §5.7, benchmarks/ns_methods.py): fp32 gram is as far from the float64 result as
-fp32 standard on Gaussian inputs (3e-5 to 1e-4 relative Frobenius error), 1.1–3× farther when the spectrum has
+fp32 standard on Gaussian inputs (3e-5 to 1e-4 relative Frobenius error), 1.1–8× farther when the spectrum has
 tiny singular values (at worst 1.7e-3 where standard has 1.6e-3; bf16 NS: 1e-2 and more), and takes 0.54–0.68×
 the time on GPT-2's rectangular matrices. In 16-bit
 dtypes gram restarts once at step 2 (X ← Q X, R ← X Xᵀ), as Dao-AILab's fp16 code does, because R's rounding
