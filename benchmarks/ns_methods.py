@@ -106,8 +106,7 @@ def timing(repeats, warmup, gen):
             totals[v] += med[v]
         std, gram, loop = med["standard, batched"], med["gram, batched"], med["standard, per matrix"]
         rate_std = 12 * ns_matmul_flops(m, n, 5) / std / 1e9
-        rate_gram = 12 * ns_matmul_flops(m, n, 5, "gram" if resolve_method("gram", torch.float32, m, n, 5) == "gram"
-                                          else "standard") / gram / 1e9
+        rate_gram = 12 * ns_matmul_flops(m, n, 5, resolve_method("gram", torch.float32, m, n, 5)) / gram / 1e9
         print(f"| {name} {m}×{n} | {resolve_method('auto', torch.float32, m, n, 5)} | " +
               " | ".join(f"{med[v] * 1e3:.0f}" for v in variants) +
               f" | {gram / std:.2f}x | {loop / std:.2f}x | {rate_std:.1f}, {rate_gram:.1f} |", flush=True)
