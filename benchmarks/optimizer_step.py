@@ -30,7 +30,9 @@ lion-pytorch, pytorch-optimizer (AdamW, Lion foreach and per-parameter, SignSGD 
 (pip install lion-pytorch pytorch-optimizer heavyball: benchmark-only dependencies). The three Muons hard-code bf16
 Newton–Schulz; on a CPU without bf16 matrix units (where ours runs NS in fp32) they are skipped with a step time
 estimated from the measured bf16 matmul rate, and pytorch-optimizer's Muon runs with its NS function given fp32,
-the like-for-like row.
+the like-for-like row. The rows "muon (hidden) without NS iterations bfloat16|float32" time ours and
+pytorch-optimizer's Muon with the NS iterations left out (WithoutNSIterations): the work outside the matmuls,
+comparable on every CPU.
 """
 
 import argparse
@@ -281,7 +283,49 @@ def library_rows(algorithm, params, hidden):
         + ([("ours, ns_method standard", True, lambda: Muon(hidden, ns_method="standard"))]
            if bf16_emulated(hidden) else []) + muon_libraries,
     }
+    # Muon's step with the NS iterations left out (WithoutNSIterations), bf16 and fp32 NS: the momentum, the NS
+    # input's cast and normalisation, and the update, i.e. what an implementation adds to the matmuls; measurable
+    # on any CPU, bf16 matrix units or not
+    for dt in ("bfloat16", "float32"):
+        rows[f"muon (hidden) without NS iterations {dt}"] = [
+            ("ours: optimizers.Muon", True,
+             lambda dt=dt: WithoutNSIterations(Muon(hidden, ns_dtype=dt, ns_method="standard"), getattr(torch, dt)))
+        ] + ([("pytorch-optimizer Muon", False,
+               lambda dt=dt: WithoutNSIterations(po_muon(), getattr(torch, dt)))] if po else [])
     return rows[algorithm]
+
+
+class WithoutNSIterations:
+    """A Muon whose Newton–Schulz runs everything but the iterations: ours with standard_newton_schulz returning its
+    input, pytorch-optimizer's with zero_power_via_newton_schulz_5 replaced by its own first lines (transpose if
+    tall, cast to `dtype`, divide by the clamped norm). What remains is each implementation's work outside the
+    matmuls, the same in both."""
+
+    def __init__(self, opt, dtype):
+        self.opt, self.dtype = opt, dtype
+
+    @staticmethod
+    def _po_ns(g, num_steps=5, eps=1e-7, safety_factor=1.0, weights=None, dtype=torch.bfloat16):
+        transpose = g.size(-2) > g.size(-1)
+        x = (g.mT if transpose else g).to(dtype=dtype, copy=True, memory_format=torch.contiguous_format)
+        x.div_(x.norm(2, dim=(-2, -1), keepdim=True).clamp_min_(eps))
+        return x.mT if transpose else x
+
+    def step(self):
+        from optimizers import newton_schulz as ns
+        real = ns.standard_newton_schulz
+        ns.standard_newton_schulz = lambda X, schedule: X
+        po_base = None
+        if library("pytorch_optimizer"):
+            from pytorch_optimizer.optimizer.muon import base as po_base
+            po_real = po_base.zero_power_via_newton_schulz_5
+            po_base.zero_power_via_newton_schulz_5 = lambda g, *a, **k: self._po_ns(g, dtype=self.dtype)
+        try:
+            self.opt.step()
+        finally:
+            ns.standard_newton_schulz = real
+            if po_base is not None:
+                po_base.zero_power_via_newton_schulz_5 = po_real
 
 
 def bf16_emulated(hidden) -> bool:
@@ -334,7 +378,8 @@ def compare_libraries(args, device, malloc):
           + (f"; not installed, skipped: {', '.join(missing)}" if missing else ""), flush=True)
     only = set(filter(None, args.only.split(",")))
     print("\n| algorithm | implementation | step (ms) | vs best alternative |\n|---|---|---:|---:|")
-    for algorithm in ("adamw", "lion", "signum", "lionmuon lion step (hidden)", "muon (hidden)"):
+    for algorithm in ("adamw", "lion", "signum", "lionmuon lion step (hidden)", "muon (hidden)",
+                      "muon (hidden) without NS iterations bfloat16", "muon (hidden) without NS iterations float32"):
         if only and algorithm not in only:
             continue
         runners = []

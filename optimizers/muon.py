@@ -22,16 +22,16 @@ import math
 import torch
 
 from .base import HybridOptimizer, check_choice, check_number
-from .newton_schulz import check_ns_args, rms_match_scale
+from .newton_schulz import Lerp, check_ns_args, rms_match_scale
 
 SCALINGS = ("original", "match_rms_adamw")
 
 
 def momentum_step(bufs, grads, mu: float, nesterov: bool):
-    """Muon's momentum on lists of tensors: B ← μ·B + (1−μ)·g; returns the NS input, (1−μ)·g + μ·B with Nesterov,
-    else B (shared with NorMuon)."""
+    """Muon's momentum on lists of tensors: B ← μ·B + (1−μ)·g; returns the NS inputs, (1−μ)·g + μ·B with Nesterov
+    (as Lerp(g, B, μ): orthogonalize computes it straight into its NS batch), else B (shared with NorMuon)."""
     torch._foreach_lerp_(bufs, grads, 1.0 - mu)
-    return torch._foreach_lerp(grads, bufs, mu) if nesterov else bufs
+    return [Lerp(g, b, mu) for g, b in zip(grads, bufs)] if nesterov else bufs
 
 
 def scale_factor(scaling: str, rows: int, cols: int) -> float:

@@ -41,15 +41,17 @@ the time on GPT-2's rectangular matrices. In 16-bit
 dtypes gram restarts once at step 2 (X ← Q X, R ← X Xᵀ), as Dao-AILab's fp16 code does, because R's rounding
 errors compound through Q.
 
-`orthogonalize(mats)` is what the optimizers call: it groups the matrices by their (r, c) orientation so that
-same-shape matrices (tall ones transposed) run as one batched NS, and under torch.distributed it splits those
-matrices across ranks (balanced by FLOPs), each rank orthogonalises its share and the results are all-gathered, so
-every rank ends with every NS output. Inputs must be identical on all ranks (they are: DDP-averaged gradients and
-full momentum state on every rank).
+`orthogonalize(mats)` is what the optimizers call: it groups the matrices by shape so that same-shape matrices run
+as one batched NS (a batch of tall matrices is iterated through its transposed view: no transposed copy), and under
+torch.distributed it splits those matrices across ranks (balanced by FLOPs), each rank orthogonalises its share and
+the results are all-gathered, so every rank ends with every NS output. Inputs must be identical on all ranks (they
+are: DDP-averaged gradients and full momentum state on every rank). An input may be a `Lerp` (Muon's Nesterov mix
+(1−μ)·g + μ·B): it is computed straight into its slot of the batch, in the NS dtype, with no temporary of its own.
 """
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -112,8 +114,49 @@ def matrix_shape(t: torch.Tensor) -> tuple[int, int]:
     return rows, t.numel() // rows if rows else 0
 
 
-def matrix_view(t: torch.Tensor) -> torch.Tensor:
+class Lerp(NamedTuple):
+    """An NS input given as torch.lerp(start, end, weight) = start + weight·(end − start), not yet computed:
+    orthogonalize writes it straight into its slot of the NS batch (in the NS dtype), which saves a temporary the
+    size of the input and one pass over it. The values are those of computing it first, bit for bit."""
+
+    start: torch.Tensor
+    end: torch.Tensor
+    weight: float
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.end.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.end.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.end.device
+
+    def size(self, dim: int) -> int:
+        return self.end.size(dim)
+
+    def numel(self) -> int:
+        return self.end.numel()
+
+    def materialize(self) -> torch.Tensor:
+        return torch.lerp(self.start, self.end, self.weight)
+
+    def write_into(self, out: torch.Tensor) -> None:
+        torch.lerp(self.start, self.end, self.weight, out=out)
+
+
+def materialize(t: "torch.Tensor | Lerp") -> torch.Tensor:
+    """The tensor an NS input stands for."""
+    return t.materialize() if isinstance(t, Lerp) else t
+
+
+def matrix_view(t: "torch.Tensor | Lerp") -> "torch.Tensor | Lerp":
     """`t` seen as the matrix of matrix_shape(t) (a view: no copy)."""
+    if isinstance(t, Lerp):
+        return Lerp(matrix_view(t.start), matrix_view(t.end), t.weight)
     return t if t.ndim == 2 else t.reshape(t.size(0), -1)
 
 
@@ -282,9 +325,9 @@ _PLANS: dict = {}
 
 
 def _plan(shapes: tuple, world_size: int) -> list[list[tuple[tuple[int, int], list[int]]]]:
-    """Assign matrices to ranks, balanced by NS FLOPs, and group each rank's share by oriented shape (r, c).
+    """Assign matrices to ranks, balanced by NS FLOPs, and group each rank's share by shape (m, n).
 
-    Returns, per rank, a list of buckets (r, c) → indices into `shapes`. Greedy longest-processing-time: matrices
+    Returns, per rank, a list of buckets (m, n) → indices into `shapes`. Greedy longest-processing-time: matrices
     sorted by FLOPs (ties by index, so every rank computes the same plan) go to the least loaded rank.
     """
     key = (shapes, world_size)
@@ -301,28 +344,34 @@ def _plan(shapes: tuple, world_size: int) -> list[list[tuple[tuple[int, int], li
     for idx in owned:
         buckets: dict[tuple[int, int], list[int]] = {}
         for i in sorted(idx):
-            m, n = shapes[i]
-            buckets.setdefault((min(m, n), max(m, n)), []).append(i)
+            buckets.setdefault(shapes[i], []).append(i)
         plan.append(sorted(buckets.items()))
     _PLANS[key] = plan
     return plan
 
 
 def _run_buckets(mats, buckets, steps, coefficients, dtype, eps, method):
-    """NS of every bucket as one batch; yields (bucket (r, c), indices, output stack of shape (k, r, c))."""
-    for (r, c), idx in buckets:
-        X = torch.empty((len(idx), r, c), dtype=dtype, device=mats[idx[0]].device)
-        # tall matrices enter transposed (NS(Gᵀ) = NS(G)ᵀ), so tall and wide matrices of the same (r, c) share a batch
-        srcs = [mats[i].mT if mats[i].size(0) > mats[i].size(1) else mats[i] for i in idx]
-        torch._foreach_copy_(list(X.unbind(0)), srcs)
-        yield (r, c), idx, newton_schulz(X, steps, coefficients, eps, overwrite=True, method=method)
+    """NS of every bucket as one batch; yields (bucket shape (m, n), indices, output stack of shape (k, m, n)).
+
+    The batch keeps the matrices' own orientation, so filling it is a plain (casting) copy, or the Lerp itself
+    written into the slot; newton_schulz iterates a tall batch through its transposed view."""
+    for (m, n), idx in buckets:
+        X = torch.empty((len(idx), m, n), dtype=dtype, device=mats[idx[0]].device)
+        slots = X.unbind(0)
+        copies = [(slots[j], mats[i]) for j, i in enumerate(idx) if not isinstance(mats[i], Lerp)]
+        if copies:
+            torch._foreach_copy_([d for d, _ in copies], [s for _, s in copies])
+        for j, i in enumerate(idx):
+            if isinstance(mats[i], Lerp):
+                mats[i].write_into(slots[j])
+        yield (m, n), idx, newton_schulz(X, steps, coefficients, eps, overwrite=True, method=method)
 
 
-def orthogonalize(mats: list[torch.Tensor], steps: int = 5, coefficients: str = "kellerjordan",
+def orthogonalize(mats: list["torch.Tensor | Lerp"], steps: int = 5, coefficients: str = "kellerjordan",
                   ns_dtype: str = "auto", eps: float = NS_EPS, distributed: bool | None = None,
                   ns_method: str = "auto") -> list[torch.Tensor]:
-    """NS(M) for every 2-D M in `mats` (returned in the NS dtype, same shapes; may be non-contiguous views).
-    ns_method "auto" decides per same-shape batch (resolve_method).
+    """NS(M) for every 2-D M in `mats`, a tensor or a Lerp (returned in the NS dtype, same shapes; may be
+    non-contiguous views). ns_method "auto" decides per same-shape batch (resolve_method).
 
     distributed=None splits the work across ranks when torch.distributed is initialised with world size > 1;
     False always computes everything locally. The split result equals the local one: the same matrices are
@@ -330,19 +379,15 @@ def orthogonalize(mats: list[torch.Tensor], steps: int = 5, coefficients: str = 
     """
     if not mats:
         return []
-    dtype = resolve_dtype(ns_dtype, mats[0])
+    dtype = resolve_dtype(ns_dtype, mats[0].end if isinstance(mats[0], Lerp) else mats[0])
     world_size, rank = _world() if distributed in (None, True) else (1, 0)
     shapes = tuple((int(m.size(0)), int(m.size(1))) for m in mats)
     plan = _plan(shapes, world_size)
     out: list[torch.Tensor | None] = [None] * len(mats)
-
-    def place(i, o):  # o is the (r, c) oriented result; put matrix i back into its own orientation
-        out[i] = o.mT if shapes[i][0] > shapes[i][1] else o
-
     if world_size == 1:
         for _, idx, Y in _run_buckets(mats, plan[0], steps, coefficients, dtype, eps, ns_method):
             for j, i in enumerate(idx):
-                place(i, Y[j])
+                out[i] = Y[j]
         return out
 
     # Each rank orthogonalises its share into a flat buffer; one all_gather gives every rank every result.
@@ -357,9 +402,9 @@ def orthogonalize(mats: list[torch.Tensor], steps: int = 5, coefficients: str = 
     dist.all_gather(list(recv.unbind(0)), send)
     for k in range(world_size):
         offset = 0
-        for (r, c), idx in plan[k]:
+        for (m, n), idx in plan[k]:
             for i in idx:
-                place(i, recv[k, offset:offset + r * c].view(r, c))
-                offset += r * c
+                out[i] = recv[k, offset:offset + m * n].view(m, n)
+                offset += m * n
     return out
 

@@ -20,7 +20,7 @@ import math
 import torch
 
 from .base import HybridOptimizer, check_betas, check_number
-from .newton_schulz import check_ns_args
+from .newton_schulz import Lerp, check_ns_args
 
 
 class OLion(HybridOptimizer):
@@ -61,7 +61,7 @@ class OLion(HybridOptimizer):
         for group, ps, grads, bufs in self._groups_with_grads(groups, "exp_avg"):
             beta1, beta2 = group["betas"]
             torch._foreach_lerp_(bufs, grads, 1.0 - beta2)
-            updates = torch._foreach_lerp(grads, bufs, beta1) if group["nesterov"] else bufs
+            updates = [Lerp(g, b, beta1) for g, b in zip(grads, bufs)] if group["nesterov"] else bufs
             ns_inputs += [(group, u) for u in updates]
             params += ps
         for (group, _), p, o in zip(ns_inputs, params, self._orthogonalize(ns_inputs)):

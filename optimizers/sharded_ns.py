@@ -32,7 +32,7 @@ from torch.distributed.tensor import DTensor
 from .base import HybridOptimizer
 from .leo import Leo
 from .muon import momentum_step
-from .newton_schulz import _plan, matrix_shape, ns_settings, orthogonalize, resolve_dtype
+from .newton_schulz import _plan, materialize, matrix_shape, ns_settings, orthogonalize, resolve_dtype
 from .normuon import NorMuon
 from .normuon import scale_factor as normuon_scale_factor
 from .olion import OLion
@@ -203,6 +203,7 @@ class ShardedOptimizer:
 
     def _orthogonalize(self, ns_inputs):
         """NS of whole matrices from row shards (sharded_orthogonalize); returns this rank's rows of each output."""
+        ns_inputs = [(group, materialize(t)) for group, t in ns_inputs]  # a Lerp is computed on the shard first
         params = self._ns_params(ns_inputs)
         outs: list[torch.Tensor | None] = [None] * len(ns_inputs)
         by_settings: dict[tuple, list[int]] = {}

@@ -264,7 +264,8 @@ def test_newton_schulz_bit_exact(dtype, shape, coefficients):
 
 
 def test_orthogonalize_bit_exact():
-    # orthogonalize() stacks same-shape matrices (tall ones transposed) and runs one batched NS: the old batched NS
+    # orthogonalize() stacks same-shape matrices and runs one batched NS per shape: the old batched NS (a tall matrix
+    # iterated through its transposed view gives the bits of its transposed copy here)
     g = torch.Generator().manual_seed(9)
     mats = [torch.randn(s, generator=g) for s in [(16, 40), (40, 16), (16, 40)]]
     old = old_newton_schulz(torch.stack([mats[0], mats[1].mT, mats[2]]), 5, dtype=torch.float32)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from reference import ns_ref
 
-from optimizers.newton_schulz import POLAR_EXPRESS, newton_schulz, ns_matmul_flops, orthogonalize
+from optimizers.newton_schulz import POLAR_EXPRESS, Lerp, newton_schulz, ns_matmul_flops, orthogonalize
 
 
 def well_conditioned(m, n, seed, smin=1.0, smax=10.0, dtype=torch.float64):
@@ -80,7 +80,7 @@ def test_batched_equals_per_matrix():
     batched = newton_schulz(stack, steps=5)
     for i in range(5):
         torch.testing.assert_close(batched[i], newton_schulz(stack[i], steps=5), atol=1e-5, rtol=0)
-    # orthogonalize() batches tall and wide matrices of the same (r, c) together and restores their orientation
+    # orthogonalize() batches same-shape matrices (each shape on its own: tall ones keep their orientation)
     mats = [torch.randn(16, 40, generator=g), torch.randn(40, 16, generator=g), torch.randn(16, 16, generator=g),
             torch.randn(40, 16, generator=g)]
     outs = orthogonalize(mats, steps=5, ns_dtype="float32")
@@ -275,3 +275,52 @@ def test_optimizers_run_gram_when_asked():
         assert flops["gram"] < flops["standard"], (name, flops)
         del opt.param_groups[0]["ns_method"]
         opt.step()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# orthogonalize: batches in the matrices' own orientation, Lerp inputs written straight into the batch
+
+
+SHAPES = [(24, 10), (10, 24), (16, 16), (24, 10), (10, 24)]  # tall, wide, square, and a second of each
+
+
+@pytest.mark.parametrize("ns_dtype, ns_method", [("float32", "standard"), ("float32", "gram"),
+                                                 ("bfloat16", "standard"), ("float64", "standard")])
+def test_lerp_inputs_equal_computing_the_lerp_first(ns_dtype, ns_method):
+    # Muon's Nesterov mix (1−μ)·g + μ·B as Lerp(g, B, μ): the same bits as torch.lerp's tensor, for every dtype,
+    # method and orientation, mixed with plain tensor inputs in one call
+    g = torch.Generator().manual_seed(11)
+    dt = torch.float64 if ns_dtype == "float64" else torch.float32
+    grads = [torch.randn(s, generator=g, dtype=dt) for s in SHAPES]
+    bufs = [torch.randn(s, generator=g, dtype=dt) for s in SHAPES]
+    lazy = [Lerp(gr, b, 0.95) if i % 2 == 0 else b for i, (gr, b) in enumerate(zip(grads, bufs))]
+    eager = [torch.lerp(gr, b, 0.95) if i % 2 == 0 else b for i, (gr, b) in enumerate(zip(grads, bufs))]
+    new = orthogonalize(lazy, 5, ns_dtype=ns_dtype, ns_method=ns_method)
+    old = orthogonalize(eager, 5, ns_dtype=ns_dtype, ns_method=ns_method)
+    assert all(n.dtype == getattr(torch, ns_dtype) and n.shape == s for n, s in zip(new, SHAPES))
+    assert all(torch.equal(n, o) for n, o in zip(new, old))
+    # and it is the NS of the mix: against the per-matrix NS of the lerp computed in float64
+    for n, gr, b in zip(new[::2], grads[::2], bufs[::2]):
+        ref = newton_schulz(torch.lerp(gr.double(), b.double(), 0.95), 5)
+        tol = {"bfloat16": 0.1, "float32": 1e-4, "float64": 1e-10}[ns_dtype]
+        torch.testing.assert_close(n.double(), ref, atol=tol, rtol=0)
+
+
+def test_batches_keep_each_matrix_orientation(monkeypatch):
+    # a tall matrix enters its batch as it is (no transposed copy): newton_schulz gets (k, m, n) stacks with m > n
+    # for tall shapes and iterates them through the transposed view
+    import optimizers.newton_schulz as ns
+    seen = []
+    real = ns.newton_schulz
+
+    def spy(X, *args, **kwargs):
+        seen.append(tuple(X.shape))
+        return real(X, *args, **kwargs)
+
+    monkeypatch.setattr(ns, "newton_schulz", spy)
+    g = torch.Generator().manual_seed(12)
+    mats = [torch.randn(s, generator=g) for s in SHAPES]
+    outs = orthogonalize(mats, 5, ns_dtype="float32", ns_method="standard")
+    assert sorted(seen) == [(1, 16, 16), (2, 10, 24), (2, 24, 10)]
+    for m, o in zip(mats, outs):
+        torch.testing.assert_close(o, real(m, 5), atol=1e-5, rtol=0)
