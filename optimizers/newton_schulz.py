@@ -138,9 +138,6 @@ class Lerp(NamedTuple):
     def size(self, dim: int) -> int:
         return self.end.size(dim)
 
-    def numel(self) -> int:
-        return self.end.numel()
-
     def materialize(self) -> torch.Tensor:
         return torch.lerp(self.start, self.end, self.weight)
 
@@ -211,14 +208,14 @@ def cpu_has_bf16_matmul() -> bool:
     return any(check is not None and check() for check in checks)
 
 
-def resolve_dtype(ns_dtype: str, like: torch.Tensor) -> torch.dtype:
+def resolve_dtype(ns_dtype: str, like: "torch.Tensor | Lerp") -> torch.dtype:
     """The dtype NS runs in. 'auto': the fastest adequate one on like's device, i.e. bfloat16 on CUDA and on CPUs
     with bf16 matrix units (cpu_has_bf16_matmul; for fp32/fp16/bf16 inputs: a float64 input keeps float64, as the
     reference tests want), else the input's dtype (fp32 on other CPUs, where bf16 matmuls are emulated and slow).
     Otherwise the named dtype."""
     if ns_dtype != "auto":
         return getattr(torch, ns_dtype)
-    if like.is_cuda:
+    if like.device.type == "cuda":
         return torch.bfloat16
     if like.device.type == "cpu" and like.dtype in (torch.float32, torch.float16, torch.bfloat16) and \
             cpu_has_bf16_matmul():
@@ -357,13 +354,11 @@ def _run_buckets(mats, buckets, steps, coefficients, dtype, eps, method):
     written into the slot; newton_schulz iterates a tall batch through its transposed view."""
     for (m, n), idx in buckets:
         X = torch.empty((len(idx), m, n), dtype=dtype, device=mats[idx[0]].device)
-        slots = X.unbind(0)
-        copies = [(slots[j], mats[i]) for j, i in enumerate(idx) if not isinstance(mats[i], Lerp)]
-        if copies:
-            torch._foreach_copy_([d for d, _ in copies], [s for _, s in copies])
-        for j, i in enumerate(idx):
+        for slot, i in zip(X.unbind(0), idx):
             if isinstance(mats[i], Lerp):
-                mats[i].write_into(slots[j])
+                mats[i].write_into(slot)
+            else:
+                slot.copy_(mats[i])
         yield (m, n), idx, newton_schulz(X, steps, coefficients, eps, overwrite=True, method=method)
 
 
@@ -379,7 +374,7 @@ def orthogonalize(mats: list["torch.Tensor | Lerp"], steps: int = 5, coefficient
     """
     if not mats:
         return []
-    dtype = resolve_dtype(ns_dtype, mats[0].end if isinstance(mats[0], Lerp) else mats[0])
+    dtype = resolve_dtype(ns_dtype, mats[0])
     world_size, rank = _world() if distributed in (None, True) else (1, 0)
     shapes = tuple((int(m.size(0)), int(m.size(1))) for m in mats)
     plan = _plan(shapes, world_size)
